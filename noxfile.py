@@ -1,0 +1,71 @@
+"""Developer sessions: `nox` runs tests (3.11-3.13, whichever are found), lint, typecheck.
+
+`nox -s bench -- ARGS` runs the benchmarks (not a default session).
+PostgreSQL tests use PERSISTQ_TEST_PG_URL from the environment; start a throwaway
+server with `source .ci/start-postgres.sh start` (stop: `bash .ci/start-postgres.sh stop`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.error_on_missing_interpreters = False
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def _expose_pyenv_pythons() -> None:
+    """Put pyenv's interpreters on PATH so nox finds python3.X for every installed X.
+
+    pyenv's shims only work for the versions made global/local; the real binaries are
+    under $PYENV_ROOT/versions/X.Y.Z/bin.
+    """
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    dirs = []
+    for version in PYTHONS:
+        found = [
+            d
+            for d in glob.glob(os.path.join(root, "versions", f"{version}.*", "bin"))
+            if os.path.basename(os.path.dirname(d)).replace(".", "").isdigit()  # no 3.13.0t
+        ]
+        if found:  # highest patch release
+            dirs.append(max(found, key=lambda d: [int(p) for p in d.split(os.sep)[-2].split(".")]))
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([*(d for d in dirs if d not in path), *path])
+
+
+_expose_pyenv_pythons()
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (extra args go to pytest)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, import-linter contracts."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy (strict, configured in pyproject.toml)."""
+    session.install("-e", ".[lint]")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: `nox -s bench -- ARGS` runs `python benchmarks/run.py ARGS`."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs)

@@ -1,0 +1,65 @@
+"""persistq_async: an asyncio-native persistent job queue on SQLite or PostgreSQL.
+
+>>> import persistq_async as pq
+>>> async with pq.Queue("jobs.db", name="emails") as q:   # doctest: +SKIP
+...     await q.put({"to": "a@example.org"})
+"""
+
+from __future__ import annotations
+
+from ._types import ACTIVE_STATES, FINISHED_STATES, Handler, JobState, Serializer
+from .config import Options
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    ConfigError,
+    DatabaseError,
+    JobAlreadyFinished,
+    JobNotFound,
+    JobStateError,
+    LeaseLost,
+    PersistQError,
+    QueueClosed,
+    Reject,
+    Retry,
+    SchemaError,
+    SerializationError,
+    SupervisorError,
+)
+from .job import Attempt, Job, JobInfo
+from .monitoring import Stats
+from .queue import Queue
+from .serializers import JSONSerializer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINISHED_STATES",
+    "ArgumentError",
+    "ArgumentTypeError",
+    "Attempt",
+    "ConfigError",
+    "DatabaseError",
+    "Handler",
+    "JSONSerializer",
+    "Job",
+    "JobAlreadyFinished",
+    "JobInfo",
+    "JobNotFound",
+    "JobState",
+    "JobStateError",
+    "LeaseLost",
+    "Options",
+    "PersistQError",
+    "Queue",
+    "QueueClosed",
+    "Reject",
+    "Retry",
+    "SchemaError",
+    "SerializationError",
+    "Serializer",
+    "Stats",
+    "SupervisorError",
+    "__version__",
+]

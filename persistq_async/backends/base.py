@@ -1,0 +1,67 @@
+"""What every backend provides: the engine, how write transactions begin, change detection."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Select
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+    from ..config import Options
+
+__all__ = ["Backend"]
+
+
+class Backend(abc.ABC):
+    """The parts of the job path that differ by database.
+
+    :param url: the SQLAlchemy URL, already checked for the right async driver.
+    :param options: the resolved queue options.
+    """
+
+    #: "sqlite" or "postgresql"
+    name: str
+
+    def __init__(self, url: URL, options: Options) -> None:
+        self.url = url
+        self.options = options
+
+    def describe(self) -> str:
+        """The database for messages: the URL without its password."""
+        return self.url.render_as_string(hide_password=True)
+
+    @abc.abstractmethod
+    def create_engine(self) -> AsyncEngine:
+        """Create the one engine of this queue, with pragmas or server settings applied."""
+
+    @abc.abstractmethod
+    async def prepare(self) -> None:
+        """Check what can be checked before connecting (directory exists, file is ours...)."""
+
+    @abc.abstractmethod
+    async def begin_write(self, conn: AsyncConnection) -> None:
+        """Begin a write transaction on ``conn`` that takes the write lock at once."""
+
+    @abc.abstractmethod
+    async def lock_schema(self, conn: AsyncConnection) -> None:
+        """Serialize schema creation among processes; called inside the write transaction."""
+
+    @abc.abstractmethod
+    def lock_claim(self, select: Select[Any]) -> Select[Any]:
+        """Make the claim's inner select skip rows other transactions hold, where that applies."""
+
+    @abc.abstractmethod
+    async def change_token(self, conn: AsyncConnection) -> int:
+        """A number that changes when another connection commits (cheap to read)."""
+
+    @abc.abstractmethod
+    def is_busy(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a lock conflict that is safe to retry."""
+
+    def is_foreign_allowed(self) -> bool:
+        """Whether a database with other tables may receive our schema (shared servers)."""
+        return False

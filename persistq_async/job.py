@@ -1,0 +1,320 @@
+"""Job (one leased delivery), JobInfo (a job as inspected) and Attempt (one audit row)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._checks import check_seconds
+from ._types import JobState
+from .errors import JobAlreadyFinished, SerializationError
+from .monitoring import log_event
+
+if TYPE_CHECKING:
+    from ._types import Serializer
+    from .store import AttemptRecord, JobRecord, JobStore
+
+__all__ = ["Attempt", "Job", "JobInfo", "backoff_seconds", "to_datetime"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest error text stored per attempt; a traceback beyond it is cut.
+MAX_ERROR_LENGTH = 8000
+
+
+def to_datetime(timestamp: float | None) -> datetime | None:
+    """Epoch seconds as an aware UTC datetime."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
+
+
+def backoff_seconds(attempts: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter for the retry after attempt number ``attempts``.
+
+    The delay doubles each attempt from ``base``, is capped at ``maximum``, and is drawn
+    uniformly from its upper half so that jobs that failed together do not retry together.
+    """
+    exponent = min(max(attempts - 1, 0), 62)
+    delay = min(maximum, base * (2.0**exponent))
+    draw = (rng or random).random()
+    return delay / 2 + draw * delay / 2
+
+
+def _error_text(error: object) -> str | None:
+    if error is None:
+        return None
+    text = str(error)
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One delivery of a job, from the audit trail.
+
+    ``outcome`` is one of ``acked``, ``nacked``, ``failed``, ``expired`` (the lease ran out),
+    ``released`` (handed back on shutdown or cancellation; not counted), ``cancelled``,
+    or None while it runs.
+    """
+
+    attempt: int
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+
+    @classmethod
+    def from_record(cls, record: AttemptRecord) -> Attempt:
+        """Build from a store row."""
+        started = to_datetime(record.started_at)
+        assert started is not None
+        return cls(
+            attempt=record.attempt,
+            started_at=started,
+            finished_at=to_datetime(record.finished_at),
+            outcome=record.outcome,
+            error=record.error,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobInfo:
+    """A job as :meth:`Queue.job` and :meth:`Queue.list_jobs` see it, with its history."""
+
+    id: int
+    queue: str
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    enqueued_at: datetime
+    lease_expires_at: datetime | None
+    state: JobState
+    last_error: str | None
+    result: Any
+    created_at: datetime
+    finished_at: datetime | None
+    run_at: datetime
+    dedupe_key: str | None
+    history: list[Attempt] = field(default_factory=list)
+
+    @classmethod
+    def from_record(
+        cls, record: JobRecord, history: list[AttemptRecord], serializer: Serializer
+    ) -> JobInfo:
+        """Build from store rows, decoding payload and result."""
+        return cls(
+            id=record.id,
+            queue=record.queue,
+            payload=_decode(serializer, record.payload, record.id),
+            priority=record.priority,
+            attempts=record.attempts,
+            max_attempts=record.max_attempts,
+            enqueued_at=to_datetime(record.enqueued_at),  # type: ignore[arg-type]
+            lease_expires_at=to_datetime(record.lease_expires_at),
+            state=record.state,
+            last_error=record.last_error,
+            result=None if record.result is None else _decode(serializer, record.result, record.id),
+            created_at=to_datetime(record.created_at),  # type: ignore[arg-type]
+            finished_at=to_datetime(record.finished_at),
+            run_at=to_datetime(record.run_at),  # type: ignore[arg-type]
+            dedupe_key=record.dedupe_key,
+            history=[Attempt.from_record(a) for a in history],
+        )
+
+
+def _decode(serializer: Serializer, data: bytes, job_id: int) -> Any:
+    try:
+        return serializer.loads(data)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(f"job {job_id}: stored value cannot be decoded: {exc}") from exc
+
+
+class Job:
+    """One delivery of a job, leased to this consumer until ``lease_expires_at``.
+
+    Finish it exactly once with :meth:`ack`, :meth:`nack` or :meth:`fail`, or use it as an
+    async context manager. It holds the store and its lease token, never the queue.
+    """
+
+    __slots__ = (
+        "_backoff",
+        "_finished",
+        "_lease_seconds",
+        "_serializer",
+        "_store",
+        "_token",
+        "attempts",
+        "enqueued_at",
+        "id",
+        "lease_expires_at",
+        "max_attempts",
+        "payload",
+        "priority",
+        "queue",
+    )
+
+    def __init__(
+        self,
+        record: JobRecord,
+        payload: Any,
+        *,
+        store: JobStore,
+        serializer: Serializer,
+        backoff: tuple[float, float],
+    ) -> None:
+        assert record.lease_token is not None and record.lease_expires_at is not None
+        #: The job's id, stable for its life.
+        self.id: int = record.id
+        #: The queue's name.
+        self.queue: str = record.queue
+        #: The decoded payload.
+        self.payload: Any = payload
+        #: Higher runs first.
+        self.priority: int = record.priority
+        #: Deliveries so far, this one included (1 on the first).
+        self.attempts: int = record.attempts
+        #: After this many deliveries a nack makes the job dead.
+        self.max_attempts: int = record.max_attempts
+        #: When the job entered the queue.
+        self.enqueued_at: datetime = to_datetime(record.enqueued_at)  # type: ignore[assignment]
+        #: When this lease ends unless extended.
+        self.lease_expires_at: datetime = to_datetime(record.lease_expires_at)  # type: ignore[assignment]
+        self._store = store
+        self._token: str = record.lease_token
+        self._serializer = serializer
+        self._backoff = backoff
+        self._finished: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Job id={self.id} queue={self.queue!r} attempt={self.attempts}/{self.max_attempts}"
+            f"{' ' + self._finished if self._finished else ''}>"
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Whether this delivery was acked, nacked, failed or handed back."""
+        return self._finished is not None
+
+    @property
+    def lease_token(self) -> str:
+        """The token that fences this delivery's outcome."""
+        return self._token
+
+    def _check(self, action: str) -> None:
+        if self._finished is not None:
+            raise JobAlreadyFinished(
+                f"job {self.id}: this delivery was already {self._finished}; cannot {action} it"
+            )
+
+    async def ack(self, result: Any = None) -> None:
+        """Mark the job done, storing ``result`` (encoded like payloads).
+
+        :raises LeaseLost: the lease expired and the job was re-taken, or it was cancelled.
+        :raises JobAlreadyFinished: this delivery was already finished.
+        :raises SerializationError: ``result`` cannot be encoded; the job stays leased.
+        """
+        self._check("ack")
+        data = None if result is None else self._serializer.dumps(result)
+        await self._store.ack(self.id, self._token, data)
+        self._finished = "acked"
+        log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)
+
+    async def nack(self, *, delay: float | Any = None, error: object = None) -> None:
+        """Retry the job later: after ``delay`` seconds (float or timedelta), or after backoff.
+
+        On the last attempt the job becomes dead instead.
+
+        :raises LeaseLost: the lease is no longer this delivery's.
+        :raises JobAlreadyFinished: this delivery was already finished.
+        """
+        self._check("nack")
+        if delay is None:
+            seconds = backoff_seconds(self.attempts, *self._backoff)
+        else:
+            seconds = check_seconds("delay", delay)
+        state = await self._store.nack(
+            self.id, self._token, self._store.clock() + seconds, _error_text(error)
+        )
+        self._finished = "nacked"
+        dead = state == JobState.DEAD
+        log_event(
+            logger,
+            logging.INFO if dead else logging.DEBUG,
+            "job_dead" if dead else "job_nacked",
+            "job dead: attempts spent" if dead else "job nacked; retry in %.3gs" % seconds,
+            job_id=self.id,
+            queue=self.queue,
+            attempts=self.attempts,
+            error=_error_text(error),
+        )
+
+    async def fail(self, *, error: object = None) -> None:
+        """Make the job dead now, without retry.
+
+        :raises LeaseLost: the lease is no longer this delivery's.
+        :raises JobAlreadyFinished: this delivery was already finished.
+        """
+        self._check("fail")
+        await self._store.fail(self.id, self._token, _error_text(error))
+        self._finished = "failed"
+        log_event(
+            logger,
+            logging.INFO,
+            "job_failed",
+            "job failed",
+            job_id=self.id,
+            queue=self.queue,
+            error=_error_text(error),
+        )
+
+    async def release(self) -> None:
+        """Hand the lease back without counting this attempt (the job is queued again at once).
+
+        Idempotent; does nothing when the lease is already gone.
+        """
+        if self._finished is not None:
+            return
+        await self._store.release(self.id, self._token, self.queue)
+        self._finished = "released"
+        log_event(
+            logger, logging.DEBUG, "job_released", "lease handed back", job_id=self.id, queue=self.queue
+        )
+
+    async def extend(self, seconds: float | Any) -> None:
+        """Make the lease end ``seconds`` from now.
+
+        :raises LeaseLost: the lease is no longer this delivery's.
+        :raises JobAlreadyFinished: this delivery was already finished.
+        """
+        self._check("extend")
+        value = check_seconds("seconds", seconds, positive=True)
+        expires = await self._store.extend(self.id, self._token, value)
+        self.lease_expires_at = to_datetime(expires)  # type: ignore[assignment]
+
+    async def __aenter__(self) -> Job:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Ack on a clean exit; nack (and re-raise) on an error; hand back on cancellation."""
+        if self._finished is not None:
+            return
+        with anyio.CancelScope(shield=True):
+            if exc is None:
+                await self.ack()
+            elif isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
+                await self.release()
+            else:
+                await self.nack(error=f"{type(exc).__name__}: {exc}")

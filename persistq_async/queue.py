@@ -1,0 +1,497 @@
+"""Queue: put, get, iterate, join, inspect and operate on the jobs of one named queue."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from ._checks import (
+    check_aware,
+    check_float,
+    check_int,
+    check_name,
+    check_optional_str,
+    check_seconds,
+)
+from ._types import JobState, Serializer
+from .backends import backend_for, normalize_url
+from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
+from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
+from .job import Job, JobInfo
+from .monitoring import Stats, log_event
+from .serializers import JSONSerializer
+from .store import JobStore, NewJob
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Queue"]
+
+logger = logging.getLogger(__name__)
+
+#: How often an idle queue deletes finished jobs past ``retention_seconds``.
+CLEAN_INTERVAL = 60.0
+#: Most jobs :meth:`Queue.list_jobs` returns at once.
+MAX_LIST_LIMIT = 10_000
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Queue:
+    """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
+
+    :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,
+        ``postgresql+asyncpg://...``), or None for the configured ``url``, else ``persistq.db``
+        in the working directory.
+    :param name: the queue's name; several queues share one database.
+    :param serializer: encodes payloads and results; JSON by default.
+    :param clock: epoch seconds now; for tests that drive lease expiry.
+    :param options: any option of :class:`~persistq_async.config.Options` (``lease_seconds``,
+        ``max_attempts``, ``backoff_base``, ``backoff_max``, ``poll_interval``,
+        ``retention_seconds``, ``durability``, ``busy_timeout``).
+    :raises ConfigError: an unknown or ill-typed option.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str] | None = None,
+        *,
+        name: str = "default",
+        serializer: Serializer | None = None,
+        clock: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> None:
+        self.name: str = check_name("name", name)
+        if url is not None and not isinstance(url, (str, os.PathLike)):
+            raise ArgumentTypeError(f"url: expected a str or a path, got {type(url).__name__}")
+        keywords = dict(options)
+        if url is not None:
+            keywords["url"] = os.fspath(url)
+        self.options: Options = resolve_options(keywords)
+        self.url: URL = normalize_url(self.options.url or DEFAULT_DATABASE_FILE)
+        if serializer is None:
+            serializer = JSONSerializer()
+        elif not (callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))):
+            raise ArgumentTypeError("serializer: needs dumps(value) -> bytes and loads(bytes) methods")
+        self.serializer: Serializer = serializer
+        if clock is not None and not callable(clock):
+            raise ArgumentTypeError("clock: expected a callable returning epoch seconds")
+        self._clock = clock or time.time
+        self._state = _State.UNOPENED
+        self._store: JobStore | None = None
+        self._last_clean = -float("inf")
+
+    def __repr__(self) -> str:
+        where = self.url.render_as_string(hide_password=True)
+        return f"<Queue name={self.name!r} url={where!r} {self._state.value}>"
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def __aenter__(self) -> Queue:
+        if self._state is not _State.UNOPENED:
+            raise QueueClosed(f"queue {self.name!r} was already {self._state.value}; make a new one")
+        store = JobStore(backend_for(self.url, self.options), clock=self._clock)
+        await store.__aenter__()
+        self._store = store
+        self._state = _State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Finish pending writes and close the database connections. Idempotent."""
+        if self._state is _State.OPEN and self._store is not None:
+            self._state = _State.CLOSED
+            await self._store.aclose()
+        self._state = _State.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        """Whether the queue was closed."""
+        return self._state is _State.CLOSED
+
+    @property
+    def store(self) -> JobStore:
+        """The job store (for pools and the supervisor).
+
+        :raises QueueClosed: when the queue is not open.
+        """
+        if self._state is not _State.OPEN or self._store is None:
+            raise QueueClosed(
+                f"queue {self.name!r} is {self._state.value}; use it inside 'async with Queue(...)'"
+            )
+        return self._store
+
+    # ------------------------------------------------------------------ put
+
+    def _new_job(
+        self,
+        payload: Any,
+        priority: Any,
+        delay: Any,
+        run_at: Any,
+        max_attempts: Any,
+        dedupe_key: Any,
+        now: float,
+    ) -> NewJob:
+        priority = check_int("priority", priority)
+        if not -(2**31) <= priority < 2**31:
+            raise ArgumentError(f"priority: must fit in 32 bits, got {priority}")
+        if delay is not None and run_at is not None:
+            raise ArgumentError("delay and run_at: give one or the other, not both")
+        due = now
+        if delay is not None:
+            due = now + check_seconds("delay", delay)
+        elif run_at is not None:
+            due = check_aware("run_at", run_at).timestamp()
+        if max_attempts is None:
+            max_attempts = self.options.max_attempts
+        else:
+            max_attempts = check_int("max_attempts", max_attempts, minimum=1)
+        dedupe_key = check_optional_str("dedupe_key", dedupe_key)
+        data = self.serializer.dumps(payload)
+        if not isinstance(data, bytes):
+            raise SerializationError(f"the serializer returned {type(data).__name__}, not bytes")
+        return NewJob(
+            payload=data,
+            priority=priority,
+            run_at=due,
+            max_attempts=max_attempts,
+            dedupe_key=dedupe_key,
+        )
+
+    async def put(
+        self,
+        payload: Any,
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        connection: AsyncConnection | AsyncSession | None = None,
+    ) -> int:
+        """Add a job; returns its id once it is committed.
+
+        :param payload: a JSON value (or what the queue's serializer takes).
+        :param priority: higher runs first; FIFO within one priority.
+        :param delay: seconds (or a timedelta) before the job may run.
+        :param run_at: an aware datetime before which the job may not run.
+        :param max_attempts: deliveries before a nack makes it dead; the option by default.
+        :param dedupe_key: while a queued or running job of this queue holds the key, its id is
+            returned instead of adding a job.
+        :param connection: the application's own ``AsyncConnection`` or ``AsyncSession`` on the
+            same database: the job is written in its transaction and exists iff that commits.
+        :raises SerializationError: the payload is not a JSON value; nothing is written.
+        :raises ArgumentError: a bad value (negative delay, naive run_at, both delay and run_at).
+        :raises ArgumentTypeError: an argument of the wrong type.
+        """
+        store = self.store
+        new = self._new_job(payload, priority, delay, run_at, max_attempts, dedupe_key, store.clock())
+        ids = await self._insert([new], connection)
+        log_event(logger, logging.DEBUG, "job_put", "job put", job_id=ids[0], queue=self.name)
+        return ids[0]
+
+    async def put_many(
+        self,
+        payloads: Iterable[Any],
+        *,
+        priority: int = 0,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        max_attempts: int | None = None,
+        dedupe_key: str | None = None,
+        connection: AsyncConnection | AsyncSession | None = None,
+    ) -> list[int]:
+        """Add several jobs with the same options in one transaction: all or nothing.
+
+        Takes the options of :meth:`put`; returns the ids in the order of ``payloads``.
+        """
+        store = self.store
+        if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
+            raise ArgumentTypeError(
+                f"payloads: expected an iterable of payloads, got {type(payloads).__name__}"
+            )
+        now = store.clock()
+        new = [
+            self._new_job(p, priority, delay, run_at, max_attempts, dedupe_key, now) for p in payloads
+        ]
+        if not new:
+            return []
+        ids = await self._insert(new, connection)
+        log_event(logger, logging.DEBUG, "job_put", "jobs put", count=len(ids), queue=self.name)
+        return ids
+
+    async def _insert(
+        self, new: list[NewJob], connection: AsyncConnection | AsyncSession | None
+    ) -> list[int]:
+        store = self.store
+        if connection is None:
+            return await store.put(self.name, new)
+        if isinstance(connection, AsyncSession):
+            conn = await connection.connection()
+        elif isinstance(connection, AsyncConnection):
+            conn = connection
+        else:
+            raise ArgumentTypeError(
+                "connection: expected an AsyncConnection or AsyncSession, "
+                f"got {type(connection).__name__}"
+            )
+        if not _same_database(conn.engine.url, self.url):
+            raise ArgumentError(
+                "connection: it is on another database than the queue "
+                f"({conn.engine.url.render_as_string(hide_password=True)})"
+            )
+        return await store.put_in(conn, self.name, new)
+
+    # ------------------------------------------------------------------ get
+
+    def _job(self, record: Any) -> Job | None:
+        try:
+            payload = self.serializer.loads(record.payload)
+        except Exception as exc:
+            log_event(
+                logger,
+                logging.ERROR,
+                "job_failed",
+                "payload cannot be decoded; job failed",
+                job_id=record.id,
+                queue=self.name,
+                error=str(exc),
+            )
+            return None
+        return Job(
+            record,
+            payload,
+            store=self.store,
+            serializer=self.serializer,
+            backoff=(self.options.backoff_base, self.options.backoff_max),
+        )
+
+    async def claim(self, limit: int, *, lease_seconds: float | None = None) -> tuple[list[Job], float | None]:
+        """Lease up to ``limit`` ready jobs in one statement (pools use this).
+
+        :returns: the jobs, and the epoch time at which another may become claimable.
+        """
+        store = self.store
+        limit = check_int("limit", limit, minimum=1)
+        lease = self.options.lease_seconds if lease_seconds is None else check_float(
+            "lease_seconds", lease_seconds, positive=True
+        )
+        result = await store.claim(self.name, limit, lease)
+        claimed: list[Job] = []
+        for record in result.records:
+            job = self._job(record)
+            if job is None:
+                assert record.lease_token is not None
+                await store.fail(record.id, record.lease_token, "payload cannot be decoded")
+                continue
+            claimed.append(job)
+            log_event(
+                logger,
+                logging.DEBUG,
+                "job_claimed",
+                "job claimed",
+                job_id=job.id,
+                queue=self.name,
+                attempts=job.attempts,
+            )
+        return claimed, result.next_due_at
+
+    async def get_nowait(self) -> Job | None:
+        """A leased job if one is ready now, else None."""
+        jobs, _ = await self.claim(1)
+        return jobs[0] if jobs else None
+
+    async def get(self, timeout: float | timedelta | None = None) -> Job:
+        """Wait for a ready job and lease it.
+
+        A put in this process wakes the wait at once; another process's commit within
+        ``poll_interval``. If the call is cancelled after its claim committed, the lease is handed
+        back before the cancellation reaches the caller.
+
+        :raises TimeoutError: no job became ready within ``timeout`` seconds.
+        """
+        store = self.store
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        deadline = None if wait is None else anyio.current_time() + wait
+        while True:
+            event = store.work_event(self.name)
+            token = await store.change_token()
+            jobs, next_due_at = await self.claim(1)
+            if jobs:
+                return jobs[0]
+            await self._maybe_clean()
+            if deadline is not None and anyio.current_time() >= deadline:
+                raise TimeoutError(f"no job in queue {self.name!r} within {wait}s")
+            await self._wait(event, token, deadline, next_due_at)
+
+    async def _wait(
+        self, event: anyio.Event, token: int, deadline: float | None, next_due_at: float | None
+    ) -> None:
+        """Until a local wake-up, a job falls due, another process commits, or the deadline."""
+        store = self.store
+        due = None
+        if next_due_at is not None:
+            due = anyio.current_time() + max(0.0, next_due_at - store.clock())
+        while True:
+            now = anyio.current_time()
+            limits = [now + self.options.poll_interval]
+            limits += [t for t in (deadline, due) if t is not None]
+            with anyio.move_on_after(max(0.0, min(limits) - now)):
+                await event.wait()
+            if event.is_set():
+                return
+            now = anyio.current_time()
+            if (due is not None and now >= due) or (deadline is not None and now >= deadline):
+                return
+            if await store.change_token() != token:
+                return
+
+    async def _maybe_clean(self) -> None:
+        now = anyio.current_time()
+        if now - self._last_clean < CLEAN_INTERVAL:
+            return
+        self._last_clean = now
+        await self.clean()
+
+    async def clean(self) -> int:
+        """Delete jobs (of every queue) finished more than ``retention_seconds`` ago."""
+        store = self.store
+        return await store.clean(store.clock() - self.options.retention_seconds)
+
+    def __aiter__(self) -> Queue:
+        return self
+
+    async def __anext__(self) -> Job:
+        """The next leased job; iteration ends when the queue is closed."""
+        if self._state is not _State.OPEN:
+            raise StopAsyncIteration
+        return await self.get()
+
+    async def join(self, timeout: float | timedelta | None = None) -> None:
+        """Wait until no job of this queue is queued (delayed included) or running.
+
+        :raises TimeoutError: jobs were still active after ``timeout`` seconds.
+        """
+        store = self.store
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        deadline = None if wait is None else anyio.current_time() + wait
+        while True:
+            event = store.change_event(self.name)
+            if await store.active_count(self.name) == 0:
+                return
+            now = anyio.current_time()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"queue {self.name!r} still had active jobs after {wait}s")
+            limit = now + self.options.poll_interval
+            if deadline is not None:
+                limit = min(limit, deadline)
+            with anyio.move_on_after(limit - now):
+                await event.wait()
+
+    # ------------------------------------------------------------------ inspect and operate
+
+    async def stats(self) -> Stats:
+        """How many jobs of this queue are in each state."""
+        return Stats.from_counts(self.name, await self.store.counts(self.name))
+
+    async def job(self, job_id: int) -> JobInfo | None:
+        """The job with this id in this queue, with its history; None if there is none."""
+        store = self.store
+        found = await store.get(self.name, check_int("job_id", job_id))
+        if found is None:
+            return None
+        return JobInfo.from_record(found[0], found[1], self.serializer)
+
+    async def list_jobs(
+        self, *, state: JobState | str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[JobInfo]:
+        """Jobs of this queue, oldest first, optionally in one state."""
+        store = self.store
+        chosen = None if state is None else _check_state(state)
+        limit = check_int("limit", limit, minimum=1)
+        if limit > MAX_LIST_LIMIT:
+            raise ArgumentError(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
+        offset = check_int("offset", offset, minimum=0)
+        found = await store.list(self.name, chosen, limit, offset)
+        return [JobInfo.from_record(r, h, self.serializer) for r, h in found]
+
+    async def requeue(self, job_id: int) -> None:
+        """Put a dead, cancelled or done job back in the queue, attempts reset, history kept.
+
+        :raises JobNotFound: no such job in this queue.
+        :raises JobStateError: the job is queued or running.
+        """
+        await self.store.requeue(self.name, check_int("job_id", job_id))
+        log_event(logger, logging.INFO, "job_requeued", "job requeued", job_id=job_id, queue=self.name)
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a queued or running job; its lease is revoked.
+
+        :returns: False when the job had already finished.
+        :raises JobNotFound: no such job in this queue.
+        """
+        cancelled = await self.store.cancel(self.name, check_int("job_id", job_id))
+        if cancelled:
+            log_event(
+                logger, logging.INFO, "job_cancelled", "job cancelled", job_id=job_id, queue=self.name
+            )
+        return cancelled
+
+    async def delete(self, job_id: int) -> None:
+        """Delete a job and its history.
+
+        :raises JobNotFound: no such job in this queue.
+        """
+        await self.store.delete(self.name, check_int("job_id", job_id))
+        log_event(logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name)
+
+    async def purge(self, state: JobState | str) -> int:
+        """Delete every job of this queue in ``state``; returns how many."""
+        chosen = _check_state(state)
+        count = await self.store.purge(self.name, chosen)
+        log_event(
+            logger, logging.INFO, "jobs_purged", "jobs purged", count=count, queue=self.name, state=chosen.value
+        )
+        return count
+
+
+def _check_state(state: Any) -> JobState:
+    if isinstance(state, JobState):
+        return state
+    if isinstance(state, str):
+        try:
+            return JobState(state.lower())
+        except ValueError:
+            known = ", ".join(s.value for s in JobState)
+            raise ArgumentError(f"state: unknown state {state!r} (known: {known})") from None
+    raise ArgumentTypeError(f"state: expected a JobState or str, got {type(state).__name__}")
+
+
+def _same_database(a: URL, b: URL) -> bool:
+    if a.get_backend_name() != b.get_backend_name():
+        return False
+    if a.get_backend_name() == "sqlite":
+        return os.path.realpath(a.database or "") == os.path.realpath(b.database or "")
+    return (a.host, a.port or 5432, a.database) == (b.host, b.port or 5432, b.database)
