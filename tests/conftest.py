@@ -1,0 +1,89 @@
+"""Shared fixtures: a queue on a fresh SQLite file, and the PostgreSQL URL from the environment.
+
+PostgreSQL tests read ``PERSISTQ_TEST_PG_URL`` (``.ci/run`` starts a throwaway server and sets it).
+Without it they are skipped locally, with a hint; with ``PERSISTQ_REQUIRE_PG=1`` (CI) a missing
+server fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import persistq_async as pq
+
+PG_URL = os.environ.get("PERSISTQ_TEST_PG_URL")
+REQUIRE_PG = os.environ.get("PERSISTQ_REQUIRE_PG") == "1"
+PG_HINT = (
+    "no PostgreSQL: start one with `source .ci/start-postgres.sh start` "
+    "(sets PERSISTQ_TEST_PG_URL), then run pytest again"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip (locally) or fail (CI) PostgreSQL tests when no server was given."""
+    if PG_URL:
+        return
+    for item in items:
+        if "postgres" in item.keywords:
+            if REQUIRE_PG:
+                raise pytest.UsageError(
+                    "PERSISTQ_REQUIRE_PG=1 but PERSISTQ_TEST_PG_URL is not set: " + PG_HINT
+                )
+            item.add_marker(pytest.mark.skip(reason=PG_HINT))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the developer's PERSISTQ_* variables and files out of the tests."""
+    for key in list(os.environ):
+        if key.startswith("PERSISTQ_") and not key.startswith("PERSISTQ_TEST_") and key != "PERSISTQ_REQUIRE_PG":
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A fresh SQLite file path (not created yet)."""
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The test server's URL; the tests using it must be marked ``postgres``."""
+    assert PG_URL is not None, PG_HINT
+    return PG_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL for each backend: an SQLite file, or the test PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "jobs.db")
+    else:
+        assert PG_URL is not None, PG_HINT
+        yield PG_URL
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue name unique to the test, so tests sharing the PostgreSQL database do not meet."""
+    return f"q-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def queue(backend_url: str, queue_name: str) -> AsyncIterator[pq.Queue]:
+    """An open queue on each backend, with short leases and polls so tests stay fast."""
+    async with pq.Queue(backend_url, name=queue_name, poll_interval=0.05) as q:
+        yield q
+
+
+def open_queue(url: str, name: str, **options: Any) -> pq.Queue:
+    """A queue with test-friendly defaults; options override them."""
+    options.setdefault("poll_interval", 0.05)
+    return pq.Queue(url, name=name, **options)
