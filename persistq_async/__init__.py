@@ -28,8 +28,10 @@ from .errors import (
 )
 from .job import Attempt, Job, JobInfo
 from .monitoring import Stats
+from .pool import Pool
 from .queue import Queue
 from .serializers import JSONSerializer
+from .supervisor import Supervisor
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,7 @@ __all__ = [
     "LeaseLost",
     "Options",
     "PersistQError",
+    "Pool",
     "Queue",
     "QueueClosed",
     "Reject",
@@ -60,6 +63,7 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "Stats",
+    "Supervisor",
     "SupervisorError",
     "__version__",
 ]

@@ -17,9 +17,7 @@ __all__ = [
     "Serializer",
 ]
 
-JSONValue: TypeAlias = (
-    None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
-)
+JSONValue: TypeAlias = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
 
 
 class JobState(enum.StrEnum):

@@ -6,10 +6,10 @@ Every error the library raises on purpose derives from :class:`PersistQError`::
     ├── ArgumentError (also ValueError)        a bad argument value
     │   └── ConfigError                        a bad option, naming where it came from
     ├── ArgumentTypeError (also TypeError)     an argument of the wrong type
-    ├── SerializationError (also ValueError)   a payload the serializer cannot encode or decode
+    ├── SerializationError (also ValueError)   a payload that cannot be encoded or decoded
     ├── QueueClosed (also RuntimeError)        a closed (or never opened) queue was used
     ├── JobNotFound (also LookupError)         no job has that id
-    ├── JobStateError (also ValueError)        the job is in a state that forbids the operation
+    ├── JobStateError (also ValueError)        the job's state forbids the operation
     ├── LeaseLost                              the lease expired, was revoked, or the job was re-taken
     ├── JobAlreadyFinished                     this delivery was already acked, nacked or failed
     ├── DatabaseError                          the database failed; wraps the driver's error
@@ -53,7 +53,7 @@ class ArgumentTypeError(PersistQError, TypeError):
 
 
 class ConfigError(ArgumentError):
-    """Raised when an option is unknown or ill-typed; the message names the option and its source."""
+    """Raised when an option is unknown or ill-typed, naming the option and its source."""
 
 
 class SerializationError(PersistQError, ValueError):
@@ -99,7 +99,7 @@ class SupervisorError(PersistQError):
     """Raised when a supervisor gives up: a pool's claim loop crashed too often."""
 
 
-class Retry(Exception):  # noqa: N818 - a signal, named for what the handler asks
+class Retry(Exception):
     """Raised by a handler to retry its job later without counting it as a failure of the pool.
 
     :param delay: seconds until the job is due again; None uses the queue's backoff.
@@ -110,7 +110,7 @@ class Retry(Exception):  # noqa: N818 - a signal, named for what the handler ask
         self.delay = delay
 
 
-class Reject(Exception):  # noqa: N818 - a signal, named for what the handler asks
+class Reject(Exception):
     """Raised by a handler to dead-letter its job at once, with ``reason`` as its error."""
 
     def __init__(self, reason: str = "rejected") -> None:

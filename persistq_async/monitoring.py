@@ -74,9 +74,7 @@ class Stats:
         )
 
 
-def log_event(
-    logger: logging.Logger, level: int, action: str, message: str, **fields: Any
-) -> None:
+def log_event(logger: logging.Logger, level: int, action: str, message: str, **fields: Any) -> None:
     """Log ``message`` with ``action`` and ``fields`` as structured ``extra`` attributes."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"action": action, **fields})

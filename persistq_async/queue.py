@@ -344,12 +344,18 @@ class Queue:
             await self._maybe_clean()
             if deadline is not None and anyio.current_time() >= deadline:
                 raise TimeoutError(f"no job in queue {self.name!r} within {wait}s")
-            await self._wait(event, token, deadline, next_due_at)
+            await self.wait_for_work(event, token, next_due_at, deadline)
 
-    async def _wait(
-        self, event: anyio.Event, token: int, deadline: float | None, next_due_at: float | None
+    async def wait_for_work(
+        self,
+        event: anyio.Event,
+        token: int,
+        next_due_at: float | None,
+        deadline: float | None = None,
     ) -> None:
-        """Until a local wake-up, a job falls due, another process commits, or the deadline."""
+        """Wait until a claim may find work: a local wake-up (``event``), a job falling due
+        (``next_due_at``, epoch seconds), another process's commit (the store's change token
+        moved from ``token``), or ``deadline`` (anyio time). Pools use it too."""
         store = self.store
         due = None
         if next_due_at is not None:

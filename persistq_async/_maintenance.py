@@ -1,0 +1,179 @@
+"""The supervisor's small services: heartbeat, watchdog, rescuer and cleaner.
+
+Each is a class with a ``tick()`` that does one round of its duty (so a test can drive it), and a
+``run()`` that ticks forever, started with ``await task_group.start(service.run)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.abc import TaskStatus
+
+from .errors import JobAlreadyFinished, LeaseLost, PersistQError
+from .monitoring import log_event
+from .pool import Execution, StopReason
+
+if TYPE_CHECKING:
+    from .pool import Pool
+    from .queue import Queue
+
+__all__ = ["Cleaner", "Heartbeat", "Rescuer", "Service", "Watchdog"]
+
+logger = logging.getLogger(__name__)
+
+Pools = Callable[[], Iterable["Pool"]]
+
+
+class Service:
+    """Runs :meth:`tick` every ``interval`` seconds; a failing tick is logged, never fatal."""
+
+    interval: float = 1.0
+
+    async def tick(self) -> None:
+        """One round of the service's duty."""
+        raise NotImplementedError
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Tick until cancelled."""
+        task_status.started()
+        while True:
+            await anyio.sleep(self.interval)
+            try:
+                await self.tick()
+            except PersistQError as exc:
+                logger.warning(
+                    "%s failed: %s", type(self).__name__, exc, extra={"action": "service_failed"}
+                )
+
+
+class Heartbeat(Service):
+    """Extends the leases of running handlers, so a long job is not re-delivered while it runs.
+
+    A handler whose lease is gone (expired and re-taken, or the job was cancelled in another
+    process) is cancelled. A handler the watchdog found unresponsive is not extended: its lease
+    runs out honestly and another consumer gets the job.
+    """
+
+    def __init__(self, pools: Pools, *, interval: float) -> None:
+        self.pools = pools
+        self.interval = interval
+
+    async def tick(self) -> None:
+        """Extend every healthy running lease by its queue's ``lease_seconds``."""
+        beats = [
+            (execution, pool.queue.options.lease_seconds)
+            for pool in self.pools()
+            for execution in list(pool.executions.values())
+            if not execution.unresponsive and execution.reason is None
+        ]
+        if not beats:
+            return
+        async with anyio.create_task_group() as tg:
+            for execution, lease in beats:
+                tg.start_soon(self._beat, execution, lease)
+
+    async def _beat(self, execution: Execution, lease: float) -> None:
+        job = execution.job
+        if job.finished:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await job.extend(lease)
+        except LeaseLost:
+            log_event(
+                logger,
+                logging.WARNING,
+                "job_cancelled",
+                f"job {job.id}: lease lost (cancelled, or expired and re-taken); stopping its handler",
+                job_id=job.id,
+                queue=job.queue,
+            )
+            execution.stop(StopReason.LEASE_LOST)
+        except JobAlreadyFinished:
+            pass
+
+
+class Watchdog(Service):
+    """Notices handlers that ignore cancellation and an event loop that was blocked.
+
+    Timeouts themselves are each executor's cancel-scope deadline. A handler still running
+    ``grace`` seconds after it should have stopped is blocking the loop or swallowing
+    cancellation: it is logged by job and marked unresponsive, so its lease is no longer extended.
+    """
+
+    def __init__(self, pools: Pools, *, interval: float = 0.25, grace: float = 1.0) -> None:
+        self.pools = pools
+        self.interval = interval
+        self.grace = grace
+        self._last = math.nan
+
+    async def tick(self) -> None:
+        """Check loop lag and overdue handlers once."""
+        now = anyio.current_time()
+        lag = 0.0 if math.isnan(self._last) else now - self._last - self.interval
+        self._last = now
+        running = [(p, e) for p in self.pools() for e in list(p.executions.values())]
+        if lag > self.grace and running:
+            ids = ", ".join(str(e.job.id) for _, e in running)
+            log_event(
+                logger,
+                logging.WARNING,
+                "job_blocking",
+                f"the event loop was blocked for {lag:.1f}s while jobs {ids} ran; "
+                "a handler is calling blocking code (use anyio.to_thread.run_sync)",
+                jobs=ids,
+            )
+        for pool, execution in running:
+            overdue = now - execution.deadline
+            if overdue > self.grace and not execution.warned:
+                execution.warned = True
+                execution.unresponsive = True
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "job_blocking",
+                    f"job {execution.job.id} ignored its timeout for {overdue:.1f}s (blocking code "
+                    "or swallowed cancellation); its lease will not be extended",
+                    job_id=execution.job.id,
+                    queue=execution.job.queue,
+                    pool=pool.name,
+                )
+
+
+class Rescuer(Service):
+    """Moves jobs whose lease expired (a crashed process anywhere) back to queued, or to dead."""
+
+    def __init__(self, queues: Callable[[], Iterable[Queue]], *, interval: float) -> None:
+        self.queues = queues
+        self.interval = interval
+
+    async def tick(self) -> None:
+        """Rescue once per database."""
+        seen: set[str] = set()
+        for queue in list(self.queues()):
+            store = queue.store
+            if store.where in seen or not store.is_open:
+                continue
+            seen.add(store.where)
+            with anyio.CancelScope(shield=True):
+                await store.rescue()
+
+
+class Cleaner(Service):
+    """Deletes finished jobs older than each queue's ``retention_seconds``."""
+
+    def __init__(self, queues: Callable[[], Iterable[Queue]], *, interval: float = 60.0) -> None:
+        self.queues = queues
+        self.interval = interval
+
+    async def tick(self) -> None:
+        """Clean once per queue."""
+        for queue in list(self.queues()):
+            if queue.store.is_open:
+                with anyio.CancelScope(shield=True):
+                    await queue.clean()

@@ -1,0 +1,414 @@
+"""Pool: a claim loop and the executors that run a handler under a concurrency limit.
+
+The claim loop leases only as many jobs as the pool has free slots, in one statement, so no job
+waits leased in a local buffer while another process could run it. Each executor runs one delivery
+in its own cancel scope: the job timeout is that scope's deadline, and cancelling it (timeout,
+``Queue.cancel``, a lost lease, shutdown) leaves the job consistent: nacked, already cancelled,
+refused, or handed back, each write shielded from the cancellation that caused it.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._checks import check_float, check_int, check_name
+from .errors import (
+    ArgumentTypeError,
+    JobAlreadyFinished,
+    LeaseLost,
+    PersistQError,
+    Reject,
+    Retry,
+    SerializationError,
+)
+from .monitoring import log_event
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import Queue
+
+__all__ = ["Execution", "Pool", "StopReason", "check_handler"]
+
+logger = logging.getLogger(__name__)
+
+#: How long an outcome write may take once its handler finished (it is shielded from cancel).
+OUTCOME_TIMEOUT = 30.0
+
+
+class StopReason(enum.StrEnum):
+    """Why an executor's cancel scope was cancelled."""
+
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"  # Queue.cancel(id), here or in another process
+    LEASE_LOST = "lease lost"  # the heartbeat found the lease gone
+    SHUTDOWN = "shutdown"  # the pool is stopping and the grace period ran out
+
+
+@dataclass(slots=True, eq=False)
+class Execution:
+    """One delivery being run by a pool's executor."""
+
+    job: Job
+    scope: anyio.CancelScope
+    started_at: float  # anyio time
+    deadline: float  # anyio time; inf without a job timeout
+    reason: StopReason | None = None
+    #: Set by the watchdog when the handler ignored its cancellation: its lease is no longer
+    #: extended, so another consumer gets the job once the lease runs out.
+    unresponsive: bool = False
+    warned: bool = field(default=False)
+
+    def stop(self, reason: StopReason) -> None:
+        """Cancel the handler; the first reason given is the one recorded."""
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
+def check_handler(handler: Any) -> Callable[[Job], Awaitable[Any]]:
+    """A handler must be an ``async def`` function (or an object with an ``async def __call__``)."""
+    if not callable(handler):
+        raise ArgumentTypeError(
+            f"handler: expected an async function, got {type(handler).__name__}"
+        )
+    target = handler if inspect.isroutine(handler) else getattr(handler, "__call__", None)  # noqa: B004
+    if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(handler):
+        raise ArgumentTypeError(
+            f"handler: {getattr(handler, '__qualname__', handler)!r} is not a coroutine function; "
+            "define it with 'async def'"
+        )
+    return handler  # type: ignore[no-any-return]
+
+
+class Pool:
+    """Runs ``handler`` on the jobs of one queue, at most ``concurrency`` at a time.
+
+    Made by :meth:`Supervisor.add`; read its counters through :attr:`Supervisor.pools`.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Callable[[Job], Awaitable[Any]],
+        *,
+        name: str,
+        concurrency: int,
+        job_timeout: float | None,
+        on_crash: Callable[[Pool, BaseException], Awaitable[None]],
+    ) -> None:
+        #: The pool's unique name within its supervisor.
+        self.name: str = check_name("name", name)
+        #: The queue it consumes.
+        self.queue: Queue = queue
+        self.handler = check_handler(handler)
+        self._concurrency = check_int("concurrency", concurrency, minimum=1)
+        #: Seconds a handler may run before it is cancelled and its job nacked; None: no limit.
+        self.job_timeout: float | None = (
+            None if job_timeout is None else check_float("job_timeout", job_timeout, positive=True)
+        )
+        #: Jobs this pool finished, whatever the outcome.
+        self.processed: int = 0
+        #: Jobs whose handler raised or timed out.
+        self.failed: int = 0
+        #: Times the claim loop crashed and was restarted.
+        self.restarts: int = 0
+        self.executions: dict[int, Execution] = {}
+        self._limiter = anyio.CapacityLimiter(self._concurrency)
+        self._slot_freed = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._claim_scope = anyio.CancelScope()
+        self._stopping = False
+        self._stopped = anyio.Event()
+        self._on_crash = on_crash
+        self._tg: TaskGroup | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pool {self.name!r} queue={self.queue.name!r} active={self.active}/"
+            f"{self.concurrency} processed={self.processed} failed={self.failed}>"
+        )
+
+    @property
+    def concurrency(self) -> int:
+        """Most handlers running at once."""
+        return self._concurrency
+
+    @property
+    def active(self) -> int:
+        """Handlers running now."""
+        return len(self.executions)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the pool has stopped for good."""
+        return self._stopped.is_set()
+
+    def resize(self, concurrency: int) -> None:
+        """Change the limit; running handlers are never cancelled by a smaller one."""
+        self._concurrency = check_int("concurrency", concurrency, minimum=1)
+        self._limiter.total_tokens = concurrency
+        self._wake_claimer()
+        log_event(
+            logger,
+            logging.INFO,
+            "pool_resized",
+            f"pool {self.name} resized to {concurrency}",
+            pool=self.name,
+            concurrency=concurrency,
+        )
+
+    def _free_slots(self) -> int:
+        return max(0, self._concurrency - len(self.executions))
+
+    def _wake_claimer(self) -> None:
+        self._slot_freed.set()
+        self._slot_freed = anyio.Event()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(
+        self, grace: float, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Claim and execute until :meth:`stop`; then drain for ``grace`` seconds and cancel."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._grace = grace
+                listener = self._on_cancelled
+                self.queue.store.add_cancel_listener(listener)
+                try:
+                    log_event(
+                        logger,
+                        logging.INFO,
+                        "pool_started",
+                        f"pool {self.name} started",
+                        pool=self.name,
+                    )
+                    task_status.started()
+                    with self._claim_scope:
+                        await self._claim_forever()
+                    await self._drain(self._grace)
+                finally:
+                    if self.queue.store.is_open:
+                        self.queue.store.remove_cancel_listener(listener)
+        finally:
+            self._stopped.set()
+            log_event(
+                logger, logging.INFO, "pool_stopped", f"pool {self.name} stopped", pool=self.name
+            )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming now; running handlers get ``grace`` seconds, then are cancelled."""
+        if grace is not None:
+            self._grace = grace
+        self._stopping = True
+        self._claim_scope.cancel()
+
+    def cancel_running(self) -> None:
+        """Cancel every running handler now (their leases are handed back)."""
+        for execution in list(self.executions.values()):
+            execution.stop(StopReason.SHUTDOWN)
+
+    async def wait_stopped(self) -> None:
+        """Until :meth:`run` has returned."""
+        await self._stopped.wait()
+
+    async def _drain(self, grace: float) -> None:
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        self.cancel_running()
+
+    async def _claim_forever(self) -> None:
+        while not self._stopping:
+            try:
+                await self._claim_loop()
+            except Exception as exc:
+                self.restarts += 1
+                # Raises SupervisorError when restarts exceed the supervisor's intensity.
+                await self._on_crash(self, exc)
+
+    async def _claim_loop(self) -> None:
+        queue = self.queue
+        store = queue.store
+        while True:
+            free = self._free_slots()
+            if free == 0:
+                await self._slot_freed.wait()
+                continue
+            event = store.work_event(queue.name)
+            token = await store.change_token()
+            jobs, next_due_at = await queue.claim(free)
+            for job in jobs:
+                self._start(job)
+            if len(jobs) == free:
+                continue
+            await self._wait(bool(jobs), event, token, next_due_at)
+
+    async def _wait(
+        self, running: bool, event: anyio.Event, token: int, next_due_at: float | None
+    ) -> None:
+        """Until new work may be claimable, or (when handlers run) until a slot frees up."""
+        slot_freed = self._slot_freed
+        async with anyio.create_task_group() as waiters:
+
+            async def slot_wait() -> None:
+                await slot_freed.wait()
+                waiters.cancel_scope.cancel()
+
+            async def work_wait() -> None:
+                await self.queue.wait_for_work(event, token, next_due_at)
+                waiters.cancel_scope.cancel()
+
+            if running:
+                waiters.start_soon(slot_wait)
+            waiters.start_soon(work_wait)
+
+    def _start(self, job: Job) -> None:
+        assert self._tg is not None
+        now = anyio.current_time()
+        deadline = now + self.job_timeout if self.job_timeout is not None else float("inf")
+        execution = Execution(
+            job=job, scope=anyio.CancelScope(deadline=deadline), started_at=now, deadline=deadline
+        )
+        self.executions[job.id] = execution
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._tg.start_soon(self._execute, execution, name=f"persistq job {job.id}")
+
+    def _on_cancelled(self, queue: str, job_id: int) -> None:
+        if queue == self.queue.name:
+            execution = self.executions.get(job_id)
+            if execution is not None:
+                execution.stop(StopReason.CANCELLED)
+
+    async def _execute(self, execution: Execution) -> None:
+        job = execution.job
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            with execution.scope:
+                result = await self.handler(job)
+        except Exception as exc:
+            error = exc
+        finally:
+            # Shielded and bounded: the outcome must be recorded even when the pool is being
+            # cancelled, and must not hold shutdown hostage if the database is gone.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(OUTCOME_TIMEOUT):
+                try:
+                    await self._settle(execution, result, error)
+                except Exception:  # an executor must never take its pool down
+                    logger.exception(
+                        "job %d: recording the outcome failed",
+                        job.id,
+                        extra={"action": "job_failed"},
+                    )
+            del self.executions[job.id]
+            self.processed += 1
+            self._wake_claimer()
+            if not self.executions:
+                self._idle.set()
+
+    async def _settle(self, execution: Execution, result: Any, error: BaseException | None) -> None:
+        job = execution.job
+        elapsed = anyio.current_time() - execution.started_at
+        reason = execution.reason
+        if reason is None and execution.scope.cancelled_caught:
+            reason = StopReason.TIMEOUT
+        fields = {"job_id": job.id, "queue": job.queue, "pool": self.name, "attempts": job.attempts}
+        try:
+            if job.finished:
+                return  # the handler acked, nacked or failed it itself
+            if reason is StopReason.TIMEOUT:
+                self.failed += 1
+                message = f"timeout: the handler ran longer than job_timeout={self.job_timeout}s"
+                await job.nack(error=message)
+                log_event(
+                    logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields
+                )
+            elif reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "job_cancelled",
+                    f"job {job.id} stopped: {reason.value}",
+                    **fields,
+                )
+            elif reason is StopReason.SHUTDOWN:
+                await job.release()
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "job_released",
+                    f"job {job.id} handed back at shutdown",
+                    **fields,
+                )
+            elif isinstance(error, Retry):
+                await job.nack(delay=error.delay, error="retry requested by the handler")
+                log_event(
+                    logger, logging.INFO, "job_nacked", f"job {job.id} retry requested", **fields
+                )
+            elif isinstance(error, Reject):
+                self.failed += 1
+                await job.fail(error=f"rejected: {error.reason}")
+                log_event(logger, logging.INFO, "job_failed", f"job {job.id} rejected", **fields)
+            elif error is not None:
+                self.failed += 1
+                text = "".join(traceback.format_exception(error))
+                await job.nack(error=text)
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "job_nacked",
+                    f"job {job.id} failed in {elapsed:.3f}s: {type(error).__name__}: {error}",
+                    error=f"{type(error).__name__}: {error}",
+                    **fields,
+                )
+            else:
+                try:
+                    await job.ack(result)
+                except SerializationError as exc:
+                    self.failed += 1
+                    await job.nack(error=f"the handler's result cannot be stored: {exc}")
+                    raise
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "job_acked",
+                    f"job {job.id} done in {elapsed:.3f}s",
+                    **fields,
+                )
+        except (LeaseLost, JobAlreadyFinished) as exc:
+            log_event(
+                logger,
+                logging.WARNING,
+                "job_cancelled",
+                f"job {job.id}: outcome not applied: {exc}",
+                **fields,
+            )
+        except SerializationError as exc:
+            log_event(
+                logger,
+                logging.WARNING,
+                "job_nacked",
+                f"job {job.id}: {exc}",
+                **fields,
+            )
+        except PersistQError as exc:
+            # The database failed or the queue closed: the lease will expire and the job be
+            # rescued, so nothing is lost; say so rather than crash the pool.
+            log_event(
+                logger,
+                logging.ERROR,
+                "job_failed",
+                f"job {job.id}: recording the outcome failed ({exc}); the lease will expire",
+                **fields,
+            )

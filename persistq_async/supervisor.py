@@ -1,0 +1,277 @@
+"""Supervisor: owns the task group in which pools and maintenance services run.
+
+Pools are created, read, resized and removed at run time. A pool whose claim loop crashes is
+restarted with backoff; when restarts exceed the intensity limit (``max_restarts`` within
+``restart_period`` seconds, as an Erlang/OTP supervisor counts them) the supervisor gives up,
+stops every pool gracefully and raises :class:`~persistq_async.SupervisorError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._checks import check_float, check_int, check_name
+from ._maintenance import Cleaner, Heartbeat, Rescuer, Watchdog
+from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorError
+from .monitoring import log_event
+from .pool import Pool, check_handler
+from .queue import Queue
+
+if TYPE_CHECKING:
+    from .job import Job
+
+__all__ = ["DEFAULT_GRACE", "Supervisor"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds running handlers get to finish when a pool stops.
+DEFAULT_GRACE = 10.0
+#: Restart intensity: more than this many claim-loop restarts ...
+DEFAULT_MAX_RESTARTS = 5
+#: ... within this many seconds, and the supervisor gives up.
+DEFAULT_RESTART_PERIOD = 60.0
+
+
+class Supervisor:
+    """Runs consumer pools with heartbeats, timeouts, lease rescue and restarts.
+
+    ``async with Supervisor() as sup: await sup.add(queue, handler, concurrency=10)``.
+    Leaving the block stops claiming, waits up to ``grace`` seconds for running handlers, then
+    cancels them and hands their leases back.
+
+    :param grace: seconds running handlers get when a pool stops.
+    :param max_restarts: restarts of crashed claim loops allowed within ``restart_period``.
+    :param restart_period: the window, in seconds, in which restarts are counted.
+    :param rescue_interval: seconds between sweeps for expired leases.
+    :param heartbeat_interval: seconds between lease extensions; by default a third of the
+        shortest ``lease_seconds`` among the pools' queues.
+    """
+
+    def __init__(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        max_restarts: int = DEFAULT_MAX_RESTARTS,
+        restart_period: float = DEFAULT_RESTART_PERIOD,
+        rescue_interval: float = 1.0,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        self.grace = check_float("grace", grace, minimum=0.0)
+        self.max_restarts = check_int("max_restarts", max_restarts, minimum=0)
+        self.restart_period = check_float("restart_period", restart_period, positive=True)
+        self.rescue_interval = check_float("rescue_interval", rescue_interval, positive=True)
+        self.heartbeat_interval = (
+            None
+            if heartbeat_interval is None
+            else check_float("heartbeat_interval", heartbeat_interval, positive=True)
+        )
+        self._pools: dict[str, Pool] = {}
+        self._restarts: deque[float] = deque()
+        self._tg: TaskGroup | None = None
+        self._services_scope = anyio.CancelScope()
+        self._closed = False
+        self._heartbeat: Heartbeat | None = None
+
+    @property
+    def pools(self) -> Mapping[str, Pool]:
+        """The running pools by name (read-only)."""
+        return MappingProxyType(self._pools)
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def __aenter__(self) -> Supervisor:
+        if self._tg is not None or self._closed:
+            raise QueueClosed("a Supervisor can be entered once; make a new one")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self._run_services)
+        except BaseException:
+            await self._tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _run_services(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        pools = lambda: list(self._pools.values())  # noqa: E731
+        queues = lambda: list({id(p.queue): p.queue for p in self._pools.values()}.values())  # noqa: E731
+        self._heartbeat = Heartbeat(pools, interval=self._heartbeat_interval())
+        with self._services_scope:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._heartbeat.run)
+                await tg.start(Watchdog(pools).run)
+                await tg.start(Rescuer(queues, interval=self.rescue_interval).run)
+                await tg.start(Cleaner(queues).run)
+                task_status.started()
+
+    def _heartbeat_interval(self) -> float:
+        if self.heartbeat_interval is not None:
+            return self.heartbeat_interval
+        leases = [p.queue.options.lease_seconds for p in self._pools.values()]
+        return max(0.05, min(leases, default=30.0) / 3)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        tg = self._tg
+        if tg is None:
+            return None
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._stop_all(self.grace)
+        self._services_scope.cancel()
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # One error means one error: do not make callers unwrap an ExceptionGroup.
+            match = group.subgroup(SupervisorError)
+            if match is not None:
+                raise match.exceptions[0] from group
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            self._tg = None
+
+    async def aclose(self) -> None:
+        """Stop every pool gracefully and the services; the same as leaving the block."""
+        await self.__aexit__(None, None, None)
+
+    async def _stop_all(self, grace: float) -> None:
+        pools = list(self._pools.values())
+        for pool in pools:
+            pool.stop(grace)
+        for pool in pools:
+            await pool.wait_stopped()
+        self._pools.clear()
+
+    def cancel_running(self) -> None:
+        """Cancel every running handler at once (a second SIGTERM); leases are handed back."""
+        for pool in self._pools.values():
+            pool.stop(0)
+            pool.cancel_running()
+
+    async def wait(self) -> None:
+        """Wait until the supervisor is cancelled or gives up (for a worker's main task)."""
+        await anyio.sleep_forever()
+
+    # ------------------------------------------------------------------ pool CRUD
+
+    async def add(
+        self,
+        queue: Queue,
+        handler: Callable[[Job], Awaitable[Any]],
+        *,
+        concurrency: int = 1,
+        job_timeout: float | None = None,
+        name: str | None = None,
+    ) -> Pool:
+        """Create and start a pool running ``handler`` on ``queue``'s jobs.
+
+        :param concurrency: most handlers running at once (>= 1).
+        :param job_timeout: seconds before a handler is cancelled and its job nacked; None for
+            no limit.
+        :param name: unique among this supervisor's pools; the queue's name by default.
+        :raises ArgumentError: duplicate name, concurrency < 1, job_timeout <= 0.
+        :raises ArgumentTypeError: the handler is not an ``async def`` function.
+        :raises QueueClosed: the queue is not open, or the supervisor is not running.
+        """
+        tg = self._require_running()
+        if not isinstance(queue, Queue):
+            raise ArgumentTypeError(
+                f"queue: expected a persistq_async.Queue, got {type(queue).__name__}"
+            )
+        queue.store  # noqa: B018 - raises QueueClosed when the queue is not open
+        check_handler(handler)
+        pool_name = check_name("name", queue.name if name is None else name)
+        if pool_name in self._pools:
+            raise ArgumentError(f"name: a pool named {pool_name!r} already exists")
+        pool = Pool(
+            queue,
+            handler,
+            name=pool_name,
+            concurrency=concurrency,
+            job_timeout=job_timeout,
+            on_crash=self._on_crash,
+        )
+        self._pools[pool_name] = pool
+        try:
+            await tg.start(pool.run, self.grace)
+        except BaseException:
+            self._pools.pop(pool_name, None)
+            raise
+        if self._heartbeat is not None:
+            self._heartbeat.interval = min(self._heartbeat.interval, self._heartbeat_interval())
+        return pool
+
+    def _require_running(self) -> TaskGroup:
+        if self._tg is None or self._closed:
+            raise QueueClosed("the supervisor is not running; use 'async with Supervisor()'")
+        return self._tg
+
+    def _get(self, name: str) -> Pool:
+        check_name("name", name)
+        try:
+            return self._pools[name]
+        except KeyError:
+            known = ", ".join(sorted(self._pools)) or "none"
+            raise ArgumentError(f"name: no pool named {name!r} (pools: {known})") from None
+
+    async def resize(self, name: str, concurrency: int) -> None:
+        """Change a pool's concurrency; a smaller limit never cancels running handlers.
+
+        :raises ArgumentError: unknown pool, or concurrency < 1.
+        """
+        self._get(name).resize(concurrency)
+
+    async def remove(self, name: str, *, grace: float | None = None) -> None:
+        """Stop a pool: no more claims, running handlers get ``grace`` seconds, then are cancelled.
+
+        :raises ArgumentError: unknown pool.
+        """
+        pool = self._get(name)
+        wait = self.grace if grace is None else check_float("grace", grace, minimum=0.0)
+        pool.stop(wait)
+        with anyio.CancelScope(shield=True):
+            await pool.wait_stopped()
+        self._pools.pop(name, None)
+
+    async def _on_crash(self, pool: Pool, exc: BaseException) -> None:
+        now = anyio.current_time()
+        self._restarts.append(now)
+        while self._restarts and self._restarts[0] < now - self.restart_period:
+            self._restarts.popleft()
+        if len(self._restarts) > self.max_restarts:
+            log_event(
+                logger,
+                logging.ERROR,
+                "supervisor_gave_up",
+                f"pool {pool.name}: {len(self._restarts)} restarts within {self.restart_period}s; "
+                f"giving up: {type(exc).__name__}: {exc}",
+                pool=pool.name,
+                error=str(exc),
+            )
+            raise SupervisorError(
+                f"pool {pool.name!r} crashed {len(self._restarts)} times within "
+                f"{self.restart_period}s; last error: {type(exc).__name__}: {exc}"
+            ) from exc
+        delay = min(5.0, 0.05 * 2 ** (len(self._restarts) - 1))
+        log_event(
+            logger,
+            logging.WARNING,
+            "pool_restarted",
+            f"pool {pool.name}: claim loop crashed ({type(exc).__name__}: {exc}); "
+            f"restarting in {delay:.2f}s",
+            pool=pool.name,
+            error=str(exc),
+        )
+        await anyio.sleep(delay)
