@@ -72,6 +72,8 @@ MAX_BUSY_RETRIES = 20
 CLEAN_CHUNK = 1000
 #: Expired leases the rescuer handles per transaction.
 RESCUE_CHUNK = 500
+#: Longest a cancelled claim waits for its leases to be handed back before it lets go.
+HANDBACK_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -357,6 +359,7 @@ class JobStore:
                     extra={"action": "schema_created", "version": schema.SCHEMA_VERSION},
                 )
             await conn.commit()
+            await self.backend.finish_schema(conn)
 
     async def _check_version(self, conn: AsyncConnection) -> None:
         raw = (
@@ -504,9 +507,20 @@ class JobStore:
         on_commit: Callable[[T], None] | None = None,
         on_abandon: Callable[[T], None] | None = None,
     ) -> T:
+        return await self._await(self._submit(fn, on_commit, on_abandon))
+
+    def _submit(
+        self,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        on_commit: Callable[[T], None] | None,
+        on_abandon: Callable[[T], None] | None,
+    ) -> _Op[T]:
         self._check_open()
         op: _Op[T] = _Op(fn, on_commit, on_abandon)
         self._send.send_nowait(op)
+        return op
+
+    async def _await(self, op: _Op[T]) -> T:
         try:
             await op.done.wait()
         except BaseException:
@@ -516,14 +530,16 @@ class JobStore:
             raise op.error
         return op.result  # type: ignore[return-value]
 
-    def _write_later(self, fn: Callable[[AsyncConnection], Awaitable[Any]]) -> None:
+    def _write_later(self, fn: Callable[[AsyncConnection], Awaitable[Any]]) -> _Op[Any]:
         """Queue a write nobody waits for (handing back an abandoned claim)."""
-        self._followups.append(_Op(fn, None, None))
+        op: _Op[Any] = _Op(fn, None, None)
+        self._followups.append(op)
         if self._send is not None:
             try:
                 self._send.send_nowait(_Op(_noop, None, None))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 pass  # the writer drains follow-ups before it stops
+        return op
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -711,6 +727,8 @@ class JobStore:
                 next_due = await self._next_due(conn, queue)
             return ClaimResult(records=records, next_due_at=next_due)
 
+        handbacks: list[_Op[Any]] = []
+
         def abandon(result: ClaimResult) -> None:
             for record in result.records:
                 assert record.lease_token is not None
@@ -718,9 +736,23 @@ class JobStore:
                     "claim abandoned by a cancelled caller; handing the lease back",
                     extra={"action": "job_released", "job_id": record.id, "queue": queue},
                 )
-                self._write_later(self._release_fn(record.id, record.lease_token, queue))
+                handbacks.append(
+                    self._write_later(self._release_fn(record.id, record.lease_token, queue))
+                )
 
-        return await self._write(run, on_abandon=abandon)
+        op = self._submit(run, None, abandon)
+        try:
+            return await self._await(op)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Cancelled: the claim may still commit. Hand its leases back before the
+                # cancellation reaches the caller, so that no job stays leased to nobody.
+                # Bounded: should the writer be stuck, the hand-back still happens later.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(HANDBACK_WAIT):
+                    await op.done.wait()
+                    for handback in handbacks:
+                        await handback.done.wait()
+            raise
 
     async def _next_due(self, conn: AsyncConnection, queue: str) -> float | None:
         due = (

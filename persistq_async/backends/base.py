@@ -50,6 +50,9 @@ class Backend(abc.ABC):
     async def lock_schema(self, conn: AsyncConnection) -> None:
         """Serialize schema creation among processes; called inside the write transaction."""
 
+    async def finish_schema(self, conn: AsyncConnection) -> None:  # noqa: B027 - optional hook
+        """Called outside any transaction once the schema is known to be ours and current."""
+
     @abc.abstractmethod
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """Make the claim's inner select skip rows other transactions hold, where that applies."""

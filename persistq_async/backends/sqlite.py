@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..errors import DatabaseError, SchemaError
+from ..schema import APPLICATION_ID
 from .base import Backend
 
 if TYPE_CHECKING:
@@ -66,7 +67,11 @@ class SQLiteBackend(Backend):
             cursor = dbapi_conn.cursor()
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                cursor.execute("PRAGMA journal_mode = WAL")
+                # WAL is written into the file's header: only in a file that is already ours,
+                # so that a foreign database is refused untouched (see finish_schema).
+                cursor.execute("PRAGMA application_id")
+                if cursor.fetchone()[0] == APPLICATION_ID:
+                    cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
                 cursor.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
@@ -83,7 +88,7 @@ class SQLiteBackend(Backend):
     async def prepare(self) -> None:
         """Refuse what SQLite would misreport: no directory, a non-SQLite file, no permission."""
         path = self.path
-        if str(path) in ("", ":memory:") or self.url.query.get("mode") == "memory":
+        if self.url.database in (None, "", ":memory:") or self.url.query.get("mode") == "memory":
             raise SchemaError(
                 "an in-memory SQLite database cannot hold a persistent queue; give a file path"
             )
@@ -112,6 +117,20 @@ class SQLiteBackend(Backend):
 
     async def lock_schema(self, conn: AsyncConnection) -> None:
         """BEGIN IMMEDIATE already serializes schema creation among processes."""
+
+    async def finish_schema(self, conn: AsyncConnection) -> None:
+        """Switch a file that is now ours to WAL (persistent; a no-op when it already is)."""
+
+        def wal(sync_conn: Connection) -> None:
+            # On the DBAPI connection: SQLAlchemy would BEGIN first, and WAL cannot be
+            # entered inside a transaction.
+            cursor = sync_conn.connection.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            finally:
+                cursor.close()
+
+        await conn.run_sync(wal)
 
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """SQLite has one writer at a time; there is nothing to skip."""

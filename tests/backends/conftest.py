@@ -1,0 +1,131 @@
+"""Fixtures of the backend conformance suite.
+
+Every test here runs once per backend through ``backend_url`` (SQLite file, PostgreSQL).
+
+On PostgreSQL the suite gets a database of its own, created for the session and dropped after it:
+the lease rescue and the retention cleaner act on every queue of a database, and several tests
+here move an injected clock far ahead, which would expire leases of (or clean the finished jobs
+of) other suites sharing ``persistq_test`` at the same time. Queue names stay unique per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+import persistq_async as pq
+from tests.conftest import PG_HINT, PG_URL
+
+#: Where the injected clock starts: a fixed epoch time, so timestamps are predictable.
+CLOCK_START = 1_700_000_000.0
+
+
+class FakeClock:
+    """Epoch seconds that move only when a test says so."""
+
+    def __init__(self, now: float = CLOCK_START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def _pg_admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    target = make_url(url).set(drivername="postgresql", database="postgres")
+    conn = await asyncpg.connect(target.render_as_string(hide_password=False))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def suite_pg_url() -> Iterator[str]:
+    """A PostgreSQL database for this suite alone (see the module docstring)."""
+    assert PG_URL is not None, PG_HINT
+    name = f"persistq_backends_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg_admin(PG_URL, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for each backend: an SQLite file, or this suite's PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.db")
+    return str(request.getfixturevalue("suite_pg_url"))
+
+
+@pytest.fixture
+def is_sqlite(backend_url: str) -> bool:
+    """Whether this run is on SQLite."""
+    return not backend_url.startswith("postgresql")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand."""
+    return FakeClock()
+
+
+async def hosted(q: pq.Queue) -> AsyncIterator[pq.Queue]:
+    """Open ``q`` in a task of its own and close it there when the fixture ends.
+
+    pytest-asyncio runs an async fixture's setup and teardown in two different tasks, and a
+    queue's task group must be left in the task that entered it; so one task owns the queue.
+    """
+    opened: asyncio.Future[pq.Queue] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def owner() -> None:
+        try:
+            async with q:
+                opened.set_result(q)
+                await stop.wait()
+        except BaseException as exc:
+            if not opened.done():
+                opened.set_exception(exc)
+            raise
+
+    task = asyncio.ensure_future(owner())
+    try:
+        yield await opened
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def queue(backend_url: str, queue_name: str) -> AsyncIterator[pq.Queue]:
+    """An open queue on each backend, with short polls so tests stay fast."""
+    async for q in hosted(pq.Queue(backend_url, name=queue_name, poll_interval=0.05)):
+        yield q
+
+
+@pytest.fixture
+async def cq(backend_url: str, queue_name: str, clock: FakeClock) -> AsyncIterator[pq.Queue]:
+    """An open queue driven by ``clock``, with 10 s leases and a 10 s backoff base."""
+    q = pq.Queue(
+        backend_url,
+        name=queue_name,
+        clock=clock,
+        poll_interval=0.05,
+        lease_seconds=10,
+        backoff_base=10,
+        backoff_max=1000,
+    )
+    async for opened in hosted(q):
+        yield opened
