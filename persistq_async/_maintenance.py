@@ -33,16 +33,31 @@ class Service:
     """Runs :meth:`tick` every ``interval`` seconds; a failing tick is logged, never fatal."""
 
     interval: float = 1.0
+    _rescheduled: anyio.Event | None = None
 
     async def tick(self) -> None:
         """One round of the service's duty."""
         raise NotImplementedError
 
+    def set_interval(self, interval: float) -> None:
+        """Tick every ``interval`` seconds from now on, the wait in progress included."""
+        self.interval = interval
+        if self._rescheduled is not None:
+            self._rescheduled.set()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Tick until cancelled."""
         task_status.started()
+        last = anyio.current_time()
         while True:
-            await anyio.sleep(self.interval)
+            # A shorter interval set while waiting (a pool with short leases was added) must
+            # take effect now, not after the longer wait already begun.
+            self._rescheduled = anyio.Event()
+            with anyio.move_on_after(max(0.0, last + self.interval - anyio.current_time())):
+                await self._rescheduled.wait()
+            if anyio.current_time() < last + self.interval:
+                continue
+            last = anyio.current_time()
             try:
                 await self.tick()
             except PersistQError as exc:
@@ -89,7 +104,8 @@ class Heartbeat(Service):
                 logger,
                 logging.WARNING,
                 "job_cancelled",
-                f"job {job.id}: lease lost (cancelled, or expired and re-taken); stopping its handler",
+                f"job {job.id}: lease lost (cancelled, or expired and re-taken); "
+                "stopping its handler",
                 job_id=job.id,
                 queue=job.queue,
             )

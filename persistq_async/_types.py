@@ -17,7 +17,7 @@ __all__ = [
     "Serializer",
 ]
 
-JSONValue: TypeAlias = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+JSONValue: TypeAlias = bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"] | None
 
 
 class JobState(enum.StrEnum):

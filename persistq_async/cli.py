@@ -110,8 +110,10 @@ async def _demo(path: Path) -> None:
 
 async def _worker(args: argparse.Namespace) -> None:
     handler = load_handler(args.handler)
-    async with Queue(args.url, name=args.queue) as q:
-        async with anyio.create_task_group() as tg:
+    # One signal receiver for the whole run: between two receivers the default disposition
+    # would be back, and a second SIGTERM arriving then would kill the process outright.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with Queue(args.url, name=args.queue) as q, anyio.create_task_group() as tg:
             async with Supervisor(grace=args.grace) as sup:
                 await sup.add(
                     q,
@@ -126,22 +128,20 @@ async def _worker(args: argparse.Namespace) -> None:
                     args.concurrency,
                     extra={"action": "worker_started", "queue": args.queue},
                 )
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        logger.info(
-                            "%s: stopping gracefully (up to %.0fs); again to stop at once",
-                            signal.Signals(signum).name,
-                            args.grace,
-                            extra={"action": "worker_stopping"},
-                        )
-                        break
+                async for signum in signals:
+                    logger.info(
+                        "%s: stopping gracefully (up to %.0fs); again to stop at once",
+                        signal.Signals(signum).name,
+                        args.grace,
+                        extra={"action": "worker_stopping"},
+                    )
+                    break
 
                 async def second_signal() -> None:
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as again:
-                        async for _ in again:
-                            logger.warning("stopping at once", extra={"action": "worker_stopping"})
-                            sup.cancel_running()
-                            return
+                    async for _ in signals:
+                        logger.warning("stopping at once", extra={"action": "worker_stopping"})
+                        sup.cancel_running()
+                        return
 
                 tg.start_soon(second_signal)
             tg.cancel_scope.cancel()
@@ -203,7 +203,7 @@ async def _inspect(args: argparse.Namespace) -> int:
                 print(json.dumps(rows, indent=2))
             else:
                 cols = ["queue", "queued", "running", "done", "dead", "cancelled"]
-                width = max([len("queue"), *(len(r["queue"]) for r in rows)])
+                width = max([len("queue"), *(len(str(r["queue"])) for r in rows)])
                 print(f"{'queue':<{width}}  " + "  ".join(f"{c:>9}" for c in cols[1:]))
                 for r in rows:
                     print(f"{r['queue']:<{width}}  " + "  ".join(f"{r[c]:>9}" for c in cols[1:]))

@@ -10,13 +10,14 @@ Every error the library raises on purpose derives from :class:`PersistQError`::
     ├── QueueClosed (also RuntimeError)        a closed (or never opened) queue was used
     ├── JobNotFound (also LookupError)         no job has that id
     ├── JobStateError (also ValueError)        the job's state forbids the operation
-    ├── LeaseLost                              the lease expired, was revoked, or the job was re-taken
+    ├── LeaseLost                              the lease expired or was revoked or re-taken
     ├── JobAlreadyFinished                     this delivery was already acked, nacked or failed
     ├── DatabaseError                          the database failed; wraps the driver's error
     │   └── SchemaError                        the database is not ours, or newer than this library
     └── SupervisorError                        the supervisor gave up (restart intensity exceeded)
 
-:class:`Retry` and :class:`Reject` are not errors: a handler raises them to tell its pool what to do.
+:class:`Retry` and :class:`Reject` are not errors: a handler raises them to tell its pool
+what to do.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ def to_datetime(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=UTC)
 
 
-def backoff_seconds(attempts: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
+def backoff_seconds(
+    attempts: int, base: float, maximum: float, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with jitter for the retry after attempt number ``attempts``.
 
     The delay doubles each attempt from ``base``, is capped at ``maximum``, and is drawn
@@ -169,7 +171,8 @@ class Job:
         serializer: Serializer,
         backoff: tuple[float, float],
     ) -> None:
-        assert record.lease_token is not None and record.lease_expires_at is not None
+        assert record.lease_token is not None
+        assert record.lease_expires_at is not None
         #: The job's id, stable for its life.
         self.id: int = record.id
         #: The queue's name.
@@ -249,7 +252,7 @@ class Job:
             logger,
             logging.INFO if dead else logging.DEBUG,
             "job_dead" if dead else "job_nacked",
-            "job dead: attempts spent" if dead else "job nacked; retry in %.3gs" % seconds,
+            "job dead: attempts spent" if dead else f"job nacked; retry in {seconds:.3g}s",
             job_id=self.id,
             queue=self.queue,
             attempts=self.attempts,
@@ -285,7 +288,12 @@ class Job:
         await self._store.release(self.id, self._token, self.queue)
         self._finished = "released"
         log_event(
-            logger, logging.DEBUG, "job_released", "lease handed back", job_id=self.id, queue=self.queue
+            logger,
+            logging.DEBUG,
+            "job_released",
+            "lease handed back",
+            job_id=self.id,
+            queue=self.queue,
         )
 
     async def extend(self, seconds: float | Any) -> None:

@@ -29,6 +29,7 @@ from .errors import (
     Reject,
     Retry,
     SerializationError,
+    SupervisorError,
 )
 from .monitoring import log_event
 
@@ -131,6 +132,8 @@ class Pool:
         self._stopped = anyio.Event()
         self._on_crash = on_crash
         self._tg: TaskGroup | None = None
+        #: Set when the supervisor gave up on this pool; raised once the pool has drained.
+        self._fatal: SupervisorError | None = None
 
     def __repr__(self) -> str:
         return (
@@ -206,6 +209,9 @@ class Pool:
             log_event(
                 logger, logging.INFO, "pool_stopped", f"pool {self.name} stopped", pool=self.name
             )
+        if self._fatal is not None:
+            # Raised here, outside the pool's own task group, so it is not wrapped twice.
+            raise self._fatal
 
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming now; running handlers get ``grace`` seconds, then are cancelled."""
@@ -234,8 +240,14 @@ class Pool:
                 await self._claim_loop()
             except Exception as exc:
                 self.restarts += 1
-                # Raises SupervisorError when restarts exceed the supervisor's intensity.
-                await self._on_crash(self, exc)
+                try:
+                    # Raises SupervisorError when restarts exceed the supervisor's intensity.
+                    await self._on_crash(self, exc)
+                except SupervisorError as fatal:
+                    # Stop claiming and drain like any stop; run() raises it afterwards.
+                    self._fatal = fatal
+                    self._stopping = True
+                    return
 
     async def _claim_loop(self) -> None:
         queue = self.queue
@@ -294,12 +306,23 @@ class Pool:
         job = execution.job
         error: BaseException | None = None
         result: Any = None
+        returned = False
         try:
             with execution.scope:
                 result = await self.handler(job)
+                returned = True
         except Exception as exc:
             error = exc
         finally:
+            if (
+                not returned
+                and error is None
+                and execution.reason is None
+                and not execution.scope.cancelled_caught
+            ):
+                # Cancelled from outside (the supervisor's task group is going down): the
+                # handler did not finish, so hand the lease back rather than ack it.
+                execution.reason = StopReason.SHUTDOWN
             # Shielded and bounded: the outcome must be recorded even when the pool is being
             # cancelled, and must not hold shutdown hostage if the database is gone.
             with anyio.CancelScope(shield=True), anyio.move_on_after(OUTCOME_TIMEOUT):

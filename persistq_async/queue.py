@@ -85,8 +85,13 @@ class Queue:
         self.url: URL = normalize_url(self.options.url or DEFAULT_DATABASE_FILE)
         if serializer is None:
             serializer = JSONSerializer()
-        elif not (callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))):
-            raise ArgumentTypeError("serializer: needs dumps(value) -> bytes and loads(bytes) methods")
+        elif not (
+            callable(getattr(serializer, "dumps", None))
+            and callable(getattr(serializer, "loads", None))
+        ):
+            raise ArgumentTypeError(
+                "serializer: needs dumps(value) -> bytes and loads(bytes) methods"
+            )
         self.serializer: Serializer = serializer
         if clock is not None and not callable(clock):
             raise ArgumentTypeError("clock: expected a callable returning epoch seconds")
@@ -103,7 +108,9 @@ class Queue:
 
     async def __aenter__(self) -> Queue:
         if self._state is not _State.UNOPENED:
-            raise QueueClosed(f"queue {self.name!r} was already {self._state.value}; make a new one")
+            raise QueueClosed(
+                f"queue {self.name!r} was already {self._state.value}; make a new one"
+            )
         store = JobStore(backend_for(self.url, self.options), clock=self._clock)
         await store.__aenter__()
         self._store = store
@@ -207,7 +214,9 @@ class Queue:
         :raises ArgumentTypeError: an argument of the wrong type.
         """
         store = self.store
-        new = self._new_job(payload, priority, delay, run_at, max_attempts, dedupe_key, store.clock())
+        new = self._new_job(
+            payload, priority, delay, run_at, max_attempts, dedupe_key, store.clock()
+        )
         ids = await self._insert([new], connection)
         log_event(logger, logging.DEBUG, "job_put", "job put", job_id=ids[0], queue=self.name)
         return ids[0]
@@ -234,7 +243,8 @@ class Queue:
             )
         now = store.clock()
         new = [
-            self._new_job(p, priority, delay, run_at, max_attempts, dedupe_key, now) for p in payloads
+            self._new_job(p, priority, delay, run_at, max_attempts, dedupe_key, now)
+            for p in payloads
         ]
         if not new:
             return []
@@ -288,15 +298,19 @@ class Queue:
             backoff=(self.options.backoff_base, self.options.backoff_max),
         )
 
-    async def claim(self, limit: int, *, lease_seconds: float | None = None) -> tuple[list[Job], float | None]:
+    async def claim(
+        self, limit: int, *, lease_seconds: float | None = None
+    ) -> tuple[list[Job], float | None]:
         """Lease up to ``limit`` ready jobs in one statement (pools use this).
 
         :returns: the jobs, and the epoch time at which another may become claimable.
         """
         store = self.store
         limit = check_int("limit", limit, minimum=1)
-        lease = self.options.lease_seconds if lease_seconds is None else check_float(
-            "lease_seconds", lease_seconds, positive=True
+        lease = (
+            self.options.lease_seconds
+            if lease_seconds is None
+            else check_float("lease_seconds", lease_seconds, positive=True)
         )
         result = await store.claim(self.name, limit, lease)
         claimed: list[Job] = []
@@ -323,7 +337,8 @@ class Queue:
         jobs, _ = await self.claim(1)
         return jobs[0] if jobs else None
 
-    async def get(self, timeout: float | timedelta | None = None) -> Job:
+    # ``timeout=`` is the contract's (DESIGN.md); it also bounds the claim loop's waits.
+    async def get(self, timeout: float | timedelta | None = None) -> Job:  # noqa: ASYNC109
         """Wait for a ready job and lease it.
 
         A put in this process wakes the wait at once; another process's commit within
@@ -395,7 +410,7 @@ class Queue:
             raise StopAsyncIteration
         return await self.get()
 
-    async def join(self, timeout: float | timedelta | None = None) -> None:
+    async def join(self, timeout: float | timedelta | None = None) -> None:  # noqa: ASYNC109
         """Wait until no job of this queue is queued (delayed included) or running.
 
         :raises TimeoutError: jobs were still active after ``timeout`` seconds.
@@ -440,7 +455,7 @@ class Queue:
         if limit > MAX_LIST_LIMIT:
             raise ArgumentError(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
         offset = check_int("offset", offset, minimum=0)
-        found = await store.list(self.name, chosen, limit, offset)
+        found = await store.list_jobs(self.name, chosen, limit, offset)
         return [JobInfo.from_record(r, h, self.serializer) for r, h in found]
 
     async def requeue(self, job_id: int) -> None:
@@ -450,7 +465,9 @@ class Queue:
         :raises JobStateError: the job is queued or running.
         """
         await self.store.requeue(self.name, check_int("job_id", job_id))
-        log_event(logger, logging.INFO, "job_requeued", "job requeued", job_id=job_id, queue=self.name)
+        log_event(
+            logger, logging.INFO, "job_requeued", "job requeued", job_id=job_id, queue=self.name
+        )
 
     async def cancel(self, job_id: int) -> bool:
         """Cancel a queued or running job; its lease is revoked.
@@ -461,7 +478,12 @@ class Queue:
         cancelled = await self.store.cancel(self.name, check_int("job_id", job_id))
         if cancelled:
             log_event(
-                logger, logging.INFO, "job_cancelled", "job cancelled", job_id=job_id, queue=self.name
+                logger,
+                logging.INFO,
+                "job_cancelled",
+                "job cancelled",
+                job_id=job_id,
+                queue=self.name,
             )
         return cancelled
 
@@ -471,14 +493,22 @@ class Queue:
         :raises JobNotFound: no such job in this queue.
         """
         await self.store.delete(self.name, check_int("job_id", job_id))
-        log_event(logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name)
+        log_event(
+            logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name
+        )
 
     async def purge(self, state: JobState | str) -> int:
         """Delete every job of this queue in ``state``; returns how many."""
         chosen = _check_state(state)
         count = await self.store.purge(self.name, chosen)
         log_event(
-            logger, logging.INFO, "jobs_purged", "jobs purged", count=count, queue=self.name, state=chosen.value
+            logger,
+            logging.INFO,
+            "jobs_purged",
+            "jobs purged",
+            count=count,
+            queue=self.name,
+            state=chosen.value,
         )
         return count
 

@@ -7,7 +7,7 @@ SQLite tables are STRICT, so a wrong type is refused by the database, not stored
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from sqlalchemy import (
     BigInteger,
@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 __all__ = [
     "ACTIVE",
@@ -45,8 +45,9 @@ SCHEMA_VERSION = 1
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
-_Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite's rowid alias must be INTEGER
-_Time = Double().with_variant(sqlite.REAL(), "sqlite")  # STRICT accepts REAL, not DOUBLE
+# SQLite's rowid alias must be INTEGER; STRICT tables accept REAL, not DOUBLE.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+_Time: Double[float] = Double().with_variant(sqlite.REAL(), "sqlite")
 
 metadata = MetaData()
 
@@ -75,6 +76,8 @@ jobs = Table(
     Column("created_at", _Time, nullable=False),
     Column("lease_token", Text),
     Column("lease_expires_at", _Time),
+    # when the current lease began; its attempt row is written when the delivery ends
+    Column("started_at", _Time),
     Column("dedupe_key", Text),
     Column("last_error", Text),
     Column("result", LargeBinary),
@@ -147,16 +150,15 @@ attempts = Table(
     Column("attempt", Integer, nullable=False),
     Column("lease_token", Text, nullable=False),
     Column("started_at", _Time, nullable=False),
-    Column("finished_at", _Time),
-    # acked, nacked, failed, dead, expired, released, cancelled; NULL while running
-    Column("outcome", Text),
+    Column("finished_at", _Time, nullable=False),
+    # acked, nacked, failed, expired, released, cancelled
+    Column("outcome", Text, nullable=False),
     Column("error", Text),
     sqlite_strict=True,
 )
 Index("persistq_attempts_job", attempts.c.job_id, attempts.c.attempt)
-Index("persistq_attempts_token", attempts.c.lease_token)
 
-Migration = Callable[[AsyncConnection], Awaitable[None]]
+Migration = Callable[[Connection], None]
 
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
 MIGRATIONS: list[Migration] = []

@@ -51,7 +51,9 @@ class JSONSerializer:
         :raises SerializationError: when ``value`` is not a JSON value.
         """
         validate_json(value)
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return json.dumps(
+            value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
 
     def loads(self, data: bytes) -> Any:
         """Decode JSON bytes.

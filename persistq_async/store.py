@@ -1,79 +1,188 @@
-"""JobStore: every SQL statement on the job path, behind one writer per queue.
+"""JobStore: every SQL statement on the job path.
 
-Writes (put, claim, ack, nack, fail, release, extend, CRUD) are handed to a single writer task that
-drains whatever is pending and commits it as one transaction (group commit), then wakes each caller
-with its own result or error. Each operation runs inside a savepoint when it shares a transaction,
-so one failing operation does not fail the others.
+Writes are synchronous functions of a SQLAlchemy ``Connection`` handed to a writer
+(:mod:`persistq_async._writer`): on SQLite one thread commits whatever is pending as one
+transaction (group commit); on PostgreSQL each runs in its own transaction. A caller that is
+cancelled stops waiting, its write still completes as a whole; a claim whose caller went away is
+handed back. Reads go through the async engine. Database errors are wrapped here, once, as
+:class:`~persistq_async.DatabaseError`.
 
-Cancellation: aiosqlite keeps running a statement on its thread after the awaiting task was
-cancelled, so no statement may be abandoned half-way. Only the writer task touches the write
-connection, and its transactions run shielded; a caller that is cancelled stops *waiting*, its
-operation still completes. A claim whose caller went away is handed back by the writer at once.
-Database errors are wrapped here, once, as :class:`~persistq_async.DatabaseError`.
+The attempt row of a delivery is written when the delivery ends (ack, nack, fail, expiry,
+hand-back, cancel); while it runs, the job row carries its ``started_at`` and lease.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
-from anyio.abc import TaskStatus
 from sqlalchemy import (
+    Integer,
     Row,
     bindparam,
     case,
     delete,
     func,
-    inspect,
     insert,
+    inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import schema
 from ._types import FINISHED_STATES, JobState
+from ._writer import DirectWriter, Op, ThreadWriter, Writer, wrap_db_error
 from .backends import Backend
 from .errors import (
     DatabaseError,
     JobNotFound,
     JobStateError,
     LeaseLost,
-    PersistQError,
     QueueClosed,
     SchemaError,
 )
 from .schema import ACTIVE, DEDUPE, FINISHED, QUEUED, RUNNING, attempts, jobs, meta
 
-__all__ = ["AttemptRecord", "ClaimResult", "JobRecord", "JobStore", "NewJob"]
+__all__ = ["AttemptRecord", "ClaimResult", "JobRecord", "JobStore", "NewJob", "wrap_db_error"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], float]
 
-#: Most operations one transaction takes; bounds the time a batch holds the write lock.
-MAX_BATCH = 256
-#: How often a batch is retried when another process holds the lock past ``busy_timeout``.
-MAX_BUSY_RETRIES = 20
 #: Rows the retention cleaner deletes per transaction.
 CLEAN_CHUNK = 1000
 #: Expired leases the rescuer handles per transaction.
 RESCUE_CHUNK = 500
 #: Longest a cancelled claim waits for its leases to be handed back before it lets go.
 HANDBACK_WAIT = 10.0
+#: The error recorded on a delivery whose lease ran out.
+EXPIRED_ERROR = "lease expired (the consumer crashed, hung or lost the database)"
+
+# ---------------------------------------------------------------------- prebuilt statements
+# Built once: SQLAlchemy then reuses their cache keys and compiled SQL on every call.
+
+_SETTLED_COLUMNS = (jobs.c.queue, jobs.c.state, jobs.c.attempts, jobs.c.started_at)
+_FENCE = (
+    jobs.c.id == bindparam("p_job_id", type_=jobs.c.id.type),
+    jobs.c.lease_token == bindparam("p_token", type_=jobs.c.lease_token.type),
+    RUNNING,
+)
+# started_at stays: RETURNING reports new values, and the attempt row needs the start.
+_CLEARED = {"lease_token": None, "lease_expires_at": None}
+_SPENT = jobs.c.attempts >= jobs.c.max_attempts
+
+_ACK = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=JobState.DONE.value,
+        result=bindparam("p_result", type_=jobs.c.result.type),
+        finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        **_CLEARED,
+    )
+    .returning(*_SETTLED_COLUMNS)
+)
+_NACK = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=case((_SPENT, JobState.DEAD.value), else_=JobState.QUEUED.value),
+        finished_at=case((_SPENT, bindparam("p_now", type_=jobs.c.run_at.type)), else_=None),
+        run_at=bindparam("p_run_at", type_=jobs.c.run_at.type),
+        last_error=bindparam("p_error", type_=jobs.c.last_error.type),
+        **_CLEARED,
+    )
+    .returning(*_SETTLED_COLUMNS)
+)
+_FAIL = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=JobState.DEAD.value,
+        finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        last_error=bindparam("p_error", type_=jobs.c.last_error.type),
+        **_CLEARED,
+    )
+    .returning(*_SETTLED_COLUMNS)
+)
+_RELEASE = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(state=JobState.QUEUED.value, attempts=jobs.c.attempts - 1, **_CLEARED)
+    .returning(*_SETTLED_COLUMNS)
+)
+_EXTEND = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(lease_expires_at=bindparam("p_expires", type_=jobs.c.run_at.type))
+    .returning(jobs.c.id)
+)
+_INSERT_ATTEMPT = insert(attempts)
+_ATTEMPT_OUTCOME = select(attempts.c.outcome).where(
+    attempts.c.job_id == bindparam("p_job_id", type_=jobs.c.id.type),
+    attempts.c.lease_token == bindparam("p_token", type_=jobs.c.lease_token.type),
+)
+_INSERT_JOB = insert(jobs)
+_INSERT_JOB_RETURNING = insert(jobs).returning(jobs.c.id)
+_EXPIRED = (
+    select(
+        jobs.c.id,
+        jobs.c.queue,
+        jobs.c.attempts,
+        jobs.c.max_attempts,
+        jobs.c.lease_token,
+        jobs.c.started_at,
+    )
+    .where(RUNNING, jobs.c.lease_expires_at <= bindparam("p_now", type_=jobs.c.run_at.type))
+    .limit(RESCUE_CHUNK)
+)
+_NEXT_DUE = select(
+    select(func.min(jobs.c.run_at))
+    .where(jobs.c.queue == bindparam("p_queue", type_=jobs.c.queue.type), QUEUED)
+    .scalar_subquery(),
+    select(func.min(jobs.c.lease_expires_at)).where(RUNNING).scalar_subquery(),
+)
+
+
+def _claim_statement(backend: Backend) -> Any:
+    ready = backend.lock_claim(
+        select(jobs.c.id)
+        .where(
+            jobs.c.queue == bindparam("p_queue", type_=jobs.c.queue.type),
+            QUEUED,
+            jobs.c.run_at <= bindparam("p_now", type_=jobs.c.run_at.type),
+        )
+        .order_by(jobs.c.priority.desc(), jobs.c.id)
+        .limit(bindparam("p_limit", type_=Integer()))
+    )
+    return (
+        update(jobs)
+        .where(jobs.c.id.in_(ready.scalar_subquery()))
+        .values(
+            state=JobState.RUNNING.value,
+            attempts=jobs.c.attempts + 1,
+            lease_token=bindparam("p_token", type_=jobs.c.lease_token.type),
+            lease_expires_at=bindparam("p_expires", type_=jobs.c.run_at.type),
+            started_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        )
+        .returning(*jobs.c)
+    )
+
+
+# ---------------------------------------------------------------------- records
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +212,7 @@ class JobRecord:
     created_at: float
     lease_token: str | None
     lease_expires_at: float | None
+    started_at: float | None
     dedupe_key: str | None
     last_error: str | None
     result: bytes | None
@@ -125,6 +235,7 @@ class JobRecord:
             created_at=m["created_at"],
             lease_token=m["lease_token"],
             lease_expires_at=m["lease_expires_at"],
+            started_at=m["started_at"],
             dedupe_key=m["dedupe_key"],
             last_error=m["last_error"],
             result=None if m["result"] is None else bytes(m["result"]),
@@ -134,7 +245,7 @@ class JobRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptRecord:
-    """A row of the attempts table: one delivery of a job."""
+    """One delivery of a job; ``outcome`` is None for the delivery running now."""
 
     attempt: int
     started_at: float
@@ -149,65 +260,6 @@ class ClaimResult:
 
     records: list[JobRecord]
     next_due_at: float | None
-
-
-class _Op(Generic[T]):
-    """One write waiting for the writer; ``done`` is set once it committed or failed."""
-
-    __slots__ = ("abandoned", "done", "error", "finished", "fn", "on_abandon", "on_commit", "result")
-
-    def __init__(
-        self,
-        fn: Callable[[AsyncConnection], Awaitable[T]],
-        on_commit: Callable[[T], None] | None,
-        on_abandon: Callable[[T], None] | None,
-    ) -> None:
-        self.fn = fn
-        self.on_commit = on_commit
-        self.on_abandon = on_abandon
-        self.done = anyio.Event()
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.finished = False
-        self.abandoned = False
-
-    def abandon(self) -> None:
-        """The caller stopped waiting; undo a successful result that nobody will receive."""
-        if self.abandoned:
-            return
-        self.abandoned = True
-        if self.finished and self.error is None and self.on_abandon is not None:
-            self.on_abandon(self.result)  # type: ignore[arg-type]
-
-    def finish(self) -> None:
-        self.finished = True
-        if self.error is None and self.on_commit is not None:
-            try:
-                self.on_commit(self.result)  # type: ignore[arg-type]
-            except Exception:  # a wake-up must never break the writer
-                logger.exception("post-commit hook failed")
-        if self.abandoned and self.error is None and self.on_abandon is not None:
-            self.on_abandon(self.result)  # type: ignore[arg-type]
-        self.done.set()
-
-
-def wrap_db_error(exc: BaseException, action: str, where: str) -> DatabaseError:
-    """One readable :class:`DatabaseError` for a driver error, naming the database and cause."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    message = str(orig).strip() or type(orig).__name__
-    lowered = message.lower()
-    hint = ""
-    if "file is not a database" in lowered or "malformed" in lowered:
-        return SchemaError(f"{action} failed on {where}: {message} (not a usable SQLite database)")
-    if "readonly" in lowered or "read-only" in lowered:
-        hint = " (the database file or its directory is read-only)"
-    elif "disk is full" in lowered or "database or disk is full" in lowered:
-        hint = " (the disk or the database's size limit is full)"
-    elif "unable to open" in lowered:
-        hint = " (check that the path exists and is writable)"
-    elif "locked" in lowered:
-        hint = " (another process held the write lock past busy_timeout)"
-    return DatabaseError(f"{action} failed on {where}: {message}{hint}")
 
 
 _stores: weakref.WeakSet[JobStore] = weakref.WeakSet()
@@ -226,89 +278,90 @@ class JobStore:
         self.clock = clock
         self.where = backend.describe()
         self._engine: AsyncEngine | None = None
-        self._write_conn: AsyncConnection | None = None
+        self._writer: Writer | None = None
         self._watch_conn: AsyncConnection | None = None
         self._watch_lock = anyio.Lock()
         self._watch_value = 0
         self._watch_checked = -math.inf
-        self._send: Any = None
-        self._followups: deque[_Op[Any]] = deque()
-        self._tg: anyio.abc.TaskGroup | None = None
         self._open = False
-        self._loop_token: object = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._work_events: dict[str, anyio.Event] = {}
         self._change_events: dict[str, anyio.Event] = {}
         self._cancel_listeners: list[Callable[[str, int], None]] = []
-        self._insert: Any = (
-            sqlite_dialect.insert if backend.name == "sqlite" else pg_dialect.insert
-        )
+        self._claim = _claim_statement(backend)
+        self._insert: Any = sqlite_dialect.insert if backend.name == "sqlite" else pg_dialect.insert
 
     # ------------------------------------------------------------------ life cycle
 
     async def __aenter__(self) -> JobStore:
-        await self.backend.prepare()
-        engine = self.backend.create_engine()
-        self._engine = engine
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._create_schema(engine)
-                self._write_conn = await engine.connect()
-                await self.backend.begin_write(self._write_conn)
-                await self._write_conn.rollback()
-                if self.backend.name == "sqlite":
-                    self._watch_conn = await engine.connect()
-        except BaseException as exc:
-            await self._dispose()
-            if isinstance(exc, DBAPIError | OSError):
-                raise wrap_db_error(exc, "opening the queue", self.where) from exc
-            raise
-        send, receive = anyio.create_memory_object_stream[_Op[Any]](math.inf)
-        self._send = send
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        await self._tg.start(self._writer, receive)
-        self._loop_token = anyio.lowlevel.current_token()
-        self._open = True
-        _stores.add(self)
+        await self.open()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    async def open(self) -> None:
+        """Create or check the schema, start the writer, connect the readers."""
+        await self.backend.prepare()
+        self._loop = asyncio.get_running_loop()
+        try:
+            with anyio.CancelScope(shield=True):
+                self._engine = self.backend.create_engine()
+                write_engine = self.backend.create_write_engine()
+                if write_engine is not None:
+                    writer = ThreadWriter(
+                        write_engine.connect, where=self.where, is_busy=self.backend.is_busy
+                    )
+                    try:
+                        await writer.start(self._create_schema)
+                    finally:
+                        write_engine.dispose()
+                    self._writer = writer
+                else:
+                    async with self._engine.connect() as conn:
+                        await conn.run_sync(self._create_schema)
+                    self._writer = DirectWriter(
+                        self._engine, where=self.where, is_busy=self.backend.is_busy
+                    )
+                if self.backend.needs_watch_connection():
+                    self._watch_conn = await self._engine.connect()
+        except BaseException as exc:
+            await self._dispose()
+            if isinstance(exc, DBAPIError):
+                raise wrap_db_error(exc, "opening the queue", self.where) from exc
+            if isinstance(exc, OSError):
+                raise DatabaseError(f"opening the queue failed on {self.where}: {exc}") from exc
+            raise
+        self._open = True
+        _stores.add(self)
+
     async def aclose(self) -> None:
         """Finish pending writes, stop the writer, close connections. Idempotent."""
-        if self._tg is None:
+        if not self._open:
             return
         self._open = False
         _stores.discard(self)
-        tg, self._tg = self._tg, None
-        self._send.close()
-        try:
-            # Not inside a new cancel scope: the task group's own scope must be exited first.
-            await tg.__aexit__(None, None, None)
-        finally:
-            with anyio.CancelScope(shield=True):
-                if self._followups and self._write_conn is not None:
-                    await self._run_batch(list(self._followups))
-                    self._followups.clear()
-                await self._dispose()
+        await self._dispose()
 
     async def _dispose(self) -> None:
         with anyio.CancelScope(shield=True):
-            for conn in (self._write_conn, self._watch_conn):
-                if conn is not None:
-                    try:
-                        await conn.close()
-                    except SQLAlchemyError:
-                        logger.debug("closing a connection failed", exc_info=True)
-            self._write_conn = self._watch_conn = None
+            if self._writer is not None:
+                await self._writer.aclose()
+                self._writer = None
+            if self._watch_conn is not None:
+                try:
+                    await self._watch_conn.close()
+                except SQLAlchemyError:
+                    logger.debug("closing the watch connection failed", exc_info=True)
+                self._watch_conn = None
             if self._engine is not None:
                 await self._engine.dispose()
                 self._engine = None
 
-    def _check_open(self) -> None:
-        if not self._open:
+    def _check_open(self) -> Writer:
+        if not self._open or self._writer is None:
             raise QueueClosed("the queue is closed (or was never opened with 'async with')")
+        return self._writer
 
     @property
     def is_open(self) -> bool:
@@ -317,20 +370,25 @@ class JobStore:
 
     # ------------------------------------------------------------------ schema
 
-    async def _create_schema(self, engine: AsyncEngine) -> None:
-        async with engine.connect() as conn:
-            await self.backend.begin_write(conn)
-            await self.backend.lock_schema(conn)
-            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    def _create_schema(self, conn: Connection) -> None:
+        try:
+            self._create_schema_in(conn)
+        except DBAPIError as exc:
+            raise wrap_db_error(exc, "opening the queue", self.where) from exc
+
+    def _create_schema_in(self, conn: Connection) -> None:
+        with conn.begin():
+            self.backend.lock_schema(conn)
+            tables = set(inspect(conn).get_table_names())
             if self.backend.name == "sqlite":
-                app_id = (await conn.exec_driver_sql("PRAGMA application_id")).scalar_one()
+                app_id = conn.exec_driver_sql("PRAGMA application_id").scalar_one()
                 if app_id not in (0, schema.APPLICATION_ID):
                     raise SchemaError(
                         f"{self.where} belongs to another application "
                         f"(application_id {app_id:#x}); refusing to use it as a queue"
                     )
             if meta.name in tables:
-                await self._check_version(conn)
+                self._check_version(conn)
             else:
                 ours = {t for t in tables if t.startswith("persistq_")}
                 foreign = sorted(tables - ours)
@@ -344,8 +402,8 @@ class JobStore:
                         f"{self.where} is an SQLite database of something else (tables: "
                         f"{', '.join(foreign[:5])}); refusing to add a queue to it"
                     )
-                await conn.run_sync(schema.metadata.create_all)
-                await conn.execute(
+                schema.metadata.create_all(conn)
+                conn.execute(
                     insert(meta),
                     [
                         {"key": "schema_version", "value": str(schema.SCHEMA_VERSION)},
@@ -353,17 +411,16 @@ class JobStore:
                     ],
                 )
                 if self.backend.name == "sqlite":
-                    await conn.exec_driver_sql(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+                    conn.exec_driver_sql(f"PRAGMA application_id = {schema.APPLICATION_ID}")
                 logger.info(
                     "schema created",
                     extra={"action": "schema_created", "version": schema.SCHEMA_VERSION},
                 )
-            await conn.commit()
-            await self.backend.finish_schema(conn)
+        self.backend.finish_schema(conn)
 
-    async def _check_version(self, conn: AsyncConnection) -> None:
-        raw = (
-            await conn.execute(select(meta.c.value).where(meta.c.key == "schema_version"))
+    def _check_version(self, conn: Connection) -> None:
+        raw = conn.execute(
+            select(meta.c.value).where(meta.c.key == "schema_version")
         ).scalar_one_or_none()
         try:
             version = int(raw) if raw is not None else 0
@@ -377,169 +434,26 @@ class JobStore:
                 f"{schema.SCHEMA_VERSION}; upgrade persistq_async"
             )
         for step in range(version, schema.SCHEMA_VERSION):
-            await schema.MIGRATIONS[step - 1](conn)
+            schema.MIGRATIONS[step - 1](conn)
             logger.info("schema migrated", extra={"action": "schema_migrated", "version": step + 1})
         if version < schema.SCHEMA_VERSION:
-            await conn.execute(
+            conn.execute(
                 update(meta)
                 .where(meta.c.key == "schema_version")
                 .values(value=str(schema.SCHEMA_VERSION))
             )
 
-    # ------------------------------------------------------------------ the writer
-
-    async def _writer(
-        self, receive: Any, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        task_status.started()
-        try:
-            await self._write_loop(receive)
-        finally:
-            # Interrupted (the host task was cancelled): nobody will run what is left.
-            while True:
-                try:
-                    op = receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                op.error = QueueClosed("the queue closed before this write ran; it was not applied")
-                op.finish()
-            receive.close()
-
-    async def _write_loop(self, receive: Any) -> None:
-        while True:
-            if self._followups:
-                batch = list(self._followups)
-                self._followups.clear()
-            else:
-                try:
-                    batch = [await receive.receive()]
-                except anyio.EndOfStream:
-                    if self._followups:
-                        continue
-                    return
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(receive.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            with anyio.CancelScope(shield=True):
-                await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[_Op[Any]]) -> None:
-        conn = self._write_conn
-        assert conn is not None
-        delay = 0.005
-        try:
-            for tries in range(MAX_BUSY_RETRIES + 1):
-                for op in batch:
-                    op.result, op.error = None, None
-                try:
-                    await self.backend.begin_write(conn)
-                    if len(batch) == 1:
-                        op = batch[0]
-                        await self._run_op(conn, op, savepoint=False)
-                        if op.error is None:
-                            await conn.commit()
-                        else:
-                            await conn.rollback()
-                    else:
-                        for op in batch:
-                            await self._run_op(conn, op, savepoint=True)
-                        await conn.commit()
-                    return
-                except DBAPIError as exc:
-                    await self._rollback_quietly(conn)
-                    if self.backend.is_busy(exc) and tries < MAX_BUSY_RETRIES:
-                        logger.debug("database busy; retrying a batch of %d", len(batch))
-                        await anyio.sleep(delay)
-                        delay = min(delay * 2, 0.5)
-                        continue
-                    error = wrap_db_error(exc, "writing", self.where)
-                    error.__cause__ = exc
-                    for op in batch:
-                        op.error = error
-                    return
-        except BaseException as exc:  # never leave callers waiting forever
-            await self._rollback_quietly(conn)
-            for op in batch:
-                if not op.finished and op.error is None:
-                    op.error = (
-                        exc
-                        if isinstance(exc, Exception)
-                        else DatabaseError("the writer was interrupted")
-                    )
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for op in batch:
-                if not op.finished:
-                    op.finish()
-
-    async def _run_op(self, conn: AsyncConnection, op: _Op[Any], *, savepoint: bool) -> None:
-        nested = await conn.begin_nested() if savepoint else None
-        try:
-            op.result = await op.fn(conn)
-        except DBAPIError as exc:
-            if self.backend.is_busy(exc):
-                raise
-            if nested is not None:
-                await nested.rollback()
-            op.error = wrap_db_error(exc, "writing", self.where)
-            op.error.__cause__ = exc
-        except PersistQError as exc:
-            if nested is not None:
-                await nested.rollback()
-            op.error = exc
-        else:
-            if nested is not None:
-                await nested.commit()
-
-    async def _rollback_quietly(self, conn: AsyncConnection) -> None:
-        try:
-            await conn.rollback()
-        except SQLAlchemyError:
-            logger.debug("rollback failed", exc_info=True)
+    # ------------------------------------------------------------------ writing
 
     async def _write(
         self,
-        fn: Callable[[AsyncConnection], Awaitable[T]],
+        fn: Callable[[Connection], T],
         *,
         on_commit: Callable[[T], None] | None = None,
         on_abandon: Callable[[T], None] | None = None,
     ) -> T:
-        return await self._await(self._submit(fn, on_commit, on_abandon))
-
-    def _submit(
-        self,
-        fn: Callable[[AsyncConnection], Awaitable[T]],
-        on_commit: Callable[[T], None] | None,
-        on_abandon: Callable[[T], None] | None,
-    ) -> _Op[T]:
-        self._check_open()
-        op: _Op[T] = _Op(fn, on_commit, on_abandon)
-        self._send.send_nowait(op)
-        return op
-
-    async def _await(self, op: _Op[T]) -> T:
-        try:
-            await op.done.wait()
-        except BaseException:
-            op.abandon()
-            raise
-        if op.error is not None:
-            raise op.error
-        return op.result  # type: ignore[return-value]
-
-    def _write_later(self, fn: Callable[[AsyncConnection], Awaitable[Any]]) -> _Op[Any]:
-        """Queue a write nobody waits for (handing back an abandoned claim)."""
-        op: _Op[Any] = _Op(fn, None, None)
-        self._followups.append(op)
-        if self._send is not None:
-            try:
-                self._send.send_nowait(_Op(_noop, None, None))
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                pass  # the writer drains follow-ups before it stops
-        return op
+        writer = self._check_open()
+        return await writer.run(Op(fn, on_commit, on_abandon))
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -557,11 +471,12 @@ class JobStore:
             event = self._change_events[queue] = anyio.Event()
         return event
 
+    def _same_database(self) -> list[JobStore]:
+        return [s for s in list(_stores) if s.where == self.where and s._loop is self._loop]
+
     def _notify(self, queue: str, *, work: bool) -> None:
-        token = anyio.lowlevel.current_token()
-        for store in list(_stores):
-            if store.where != self.where or store._loop_token != token:
-                continue
+        # Every queue object of this process on the same database and event loop.
+        for store in self._same_database():
             if work:
                 event = store._work_events.pop(queue, None)
                 if event is not None:
@@ -580,11 +495,9 @@ class JobStore:
             self._cancel_listeners.remove(listener)
 
     def _notify_cancelled(self, queue: str, job_id: int) -> None:
-        token = anyio.lowlevel.current_token()
-        for store in list(_stores):
-            if store.where == self.where and store._loop_token == token:
-                for listener in list(store._cancel_listeners):
-                    listener(queue, job_id)
+        for store in self._same_database():
+            for listener in list(store._cancel_listeners):
+                listener(queue, job_id)
 
     async def change_token(self) -> int:
         """A number that changes when another connection committed; shared by waiters."""
@@ -592,13 +505,9 @@ class JobStore:
         async with self._watch_lock:
             now = anyio.current_time()
             if now - self._watch_checked >= self.options.poll_interval / 2:
-                conn = self._watch_conn
                 try:
                     with anyio.CancelScope(shield=True):
-                        if conn is not None:
-                            self._watch_value = await self.backend.change_token(conn)
-                        else:
-                            self._watch_value = await self.backend.change_token(conn)  # type: ignore[arg-type]
+                        self._watch_value = await self.backend.change_token(self._watch_conn)
                 except DBAPIError as exc:
                     raise wrap_db_error(exc, "watching for changes", self.where) from exc
                 self._watch_checked = now
@@ -614,120 +523,107 @@ class JobStore:
             "priority": job.priority,
             "attempts": 0,
             "max_attempts": job.max_attempts,
-            "run_at": job.run_at if job.run_at > now else now,
+            "run_at": max(job.run_at, now),
             "enqueued_at": now,
             "created_at": now,
             "dedupe_key": job.dedupe_key,
         }
 
-    def _put_statements(self, queue: str, new: Sequence[NewJob]) -> Callable[[Any], Awaitable[list[int]]]:
-        """The put as a function of a connection or session, shared by both put paths."""
+    def _put_fn(self, queue: str, new: Sequence[NewJob]) -> Callable[[Connection], list[int]]:
+        """The put as a function of a connection, shared by both put paths."""
 
-        async def run(conn: Any) -> list[int]:
+        def run(conn: Connection) -> list[int]:
             now = self.clock()
             rows = [self._row(queue, job, now) for job in new]
-            if all(job.dedupe_key is None for job in new):
-                if len(rows) == 1:
-                    result = await conn.execute(insert(jobs).returning(jobs.c.id), rows[0])
-                    return [result.scalar_one()]
-                result = await conn.execute(
-                    insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows
-                )
-                return list(result.scalars().all())
-            ids: list[int] = []
-            for row in rows:
-                if row["dedupe_key"] is None:
-                    ids.append((await conn.execute(insert(jobs).returning(jobs.c.id), row)).scalar_one())
-                    continue
-                stmt = (
-                    self._insert(jobs)
-                    .values(**row)
-                    .on_conflict_do_nothing(
-                        index_elements=[jobs.c.queue, jobs.c.dedupe_key], index_where=DEDUPE
-                    )
-                    .returning(jobs.c.id)
-                )
-                job_id = (await conn.execute(stmt)).scalar_one_or_none()
-                if job_id is None:
-                    job_id = (
-                        await conn.execute(
-                            select(jobs.c.id).where(
-                                jobs.c.queue == queue,
-                                jobs.c.dedupe_key == row["dedupe_key"],
-                                ACTIVE,
-                            )
-                        )
-                    ).scalar_one()
-                ids.append(job_id)
-            return ids
+            if any(row["dedupe_key"] is not None for row in rows):
+                return [self._put_deduped(conn, queue, row) for row in rows]
+            if len(rows) == 1:
+                return [conn.execute(_INSERT_JOB_RETURNING, rows[0]).scalar_one()]
+            if self.backend.name == "sqlite":
+                # executemany, then the ids by range: under the write lock AUTOINCREMENT hands
+                # out consecutive ids, and RETURNING would make SQLAlchemy insert row by row.
+                conn.execute(_INSERT_JOB, rows)
+                last = int(conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+                return list(range(last - len(rows) + 1, last + 1))
+            result = conn.execute(
+                insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows
+            )
+            return list(result.scalars().all())
 
         return run
 
+    def _put_deduped(self, conn: Connection, queue: str, row: dict[str, Any]) -> int:
+        if row["dedupe_key"] is None:
+            return int(conn.execute(_INSERT_JOB_RETURNING, row).scalar_one())
+        stmt = (
+            self._insert(jobs)
+            .values(**row)
+            .on_conflict_do_nothing(
+                index_elements=[jobs.c.queue, jobs.c.dedupe_key], index_where=DEDUPE
+            )
+            .returning(jobs.c.id)
+        )
+        job_id = conn.execute(stmt).scalar_one_or_none()
+        if job_id is None:
+            job_id = conn.execute(
+                select(jobs.c.id).where(
+                    jobs.c.queue == queue, jobs.c.dedupe_key == row["dedupe_key"], ACTIVE
+                )
+            ).scalar_one()
+        return int(job_id)
+
     async def put(self, queue: str, new: Sequence[NewJob]) -> list[int]:
         """Insert jobs in one transaction; returns their ids (or the dedupe holders' ids)."""
-        ids = await self._write(
-            self._put_statements(queue, new), on_commit=lambda _ids: self._notify(queue, work=True)
+        return await self._write(
+            self._put_fn(queue, new), on_commit=lambda _ids: self._notify(queue, work=True)
         )
-        return ids
 
-    async def put_in(self, connection: Any, queue: str, new: Sequence[NewJob]) -> list[int]:
-        """Insert jobs through the caller's own connection or session, inside its transaction."""
+    async def put_in(
+        self, connection: AsyncConnection, queue: str, new: Sequence[NewJob]
+    ) -> list[int]:
+        """Insert jobs through the caller's own connection, inside its transaction."""
         self._check_open()
         try:
-            return await self._put_statements(queue, new)(connection)
+            return await connection.run_sync(self._put_fn(queue, new))
         except DBAPIError as exc:
-            raise wrap_db_error(exc, "putting a job through the caller's connection", self.where) from exc
+            raise wrap_db_error(
+                exc, "putting a job through the caller's connection", self.where
+            ) from exc
 
     # ------------------------------------------------------------------ claims
+
+    def _claim_fn(
+        self, queue: str, limit: int, lease_seconds: float
+    ) -> Callable[[Connection], ClaimResult]:
+        def run(conn: Connection) -> ClaimResult:
+            now = self.clock()
+            self._rescue(conn, now)
+            params = {
+                "p_queue": queue,
+                "p_now": now,
+                "p_limit": limit,
+                "p_token": uuid.uuid4().hex,
+                "p_expires": now + lease_seconds,
+            }
+            records = [JobRecord.from_row(r) for r in conn.execute(self._claim, params)]
+            records.sort(key=lambda r: (-r.priority, r.id))
+            next_due = None
+            if len(records) < limit:
+                due, expiry = conn.execute(_NEXT_DUE, {"p_queue": queue}).one()
+                candidates = [t for t in (due, expiry) if t is not None]
+                next_due = min(candidates) if candidates else None
+            return ClaimResult(records=records, next_due_at=next_due)
+
+        return run
 
     async def claim(self, queue: str, limit: int, lease_seconds: float) -> ClaimResult:
         """Lease up to ``limit`` ready jobs of ``queue``, highest priority first, FIFO within one.
 
-        If the caller is cancelled after the claim committed, the leases are handed back.
+        If the caller is cancelled, leases the claim took are handed back before the
+        cancellation reaches it (bounded by ``HANDBACK_WAIT``).
         """
-
-        async def run(conn: AsyncConnection) -> ClaimResult:
-            now = self.clock()
-            await self._rescue(conn, now)
-            token = uuid.uuid4().hex
-            ready = self.backend.lock_claim(
-                select(jobs.c.id)
-                .where(jobs.c.queue == queue, QUEUED, jobs.c.run_at <= now)
-                .order_by(jobs.c.priority.desc(), jobs.c.id)
-                .limit(limit)
-            )
-            stmt = (
-                update(jobs)
-                .where(jobs.c.id.in_(ready.scalar_subquery()))
-                .values(
-                    state=JobState.RUNNING.value,
-                    attempts=jobs.c.attempts + 1,
-                    lease_token=token,
-                    lease_expires_at=now + lease_seconds,
-                )
-                .returning(*jobs.c)
-            )
-            records = [JobRecord.from_row(r) for r in (await conn.execute(stmt)).all()]
-            records.sort(key=lambda r: (-r.priority, r.id))
-            if records:
-                await conn.execute(
-                    insert(attempts),
-                    [
-                        {
-                            "job_id": r.id,
-                            "attempt": r.attempts,
-                            "lease_token": token,
-                            "started_at": now,
-                        }
-                        for r in records
-                    ],
-                )
-            next_due = None
-            if len(records) < limit:
-                next_due = await self._next_due(conn, queue)
-            return ClaimResult(records=records, next_due_at=next_due)
-
-        handbacks: list[_Op[Any]] = []
+        writer = self._check_open()
+        handbacks: list[Op[Any]] = []
 
         def abandon(result: ClaimResult) -> None:
             for record in result.records:
@@ -736,68 +632,66 @@ class JobStore:
                     "claim abandoned by a cancelled caller; handing the lease back",
                     extra={"action": "job_released", "job_id": record.id, "queue": queue},
                 )
-                handbacks.append(
-                    self._write_later(self._release_fn(record.id, record.lease_token, queue))
-                )
+                op: Op[Any] = Op(self._release_fn(record.id, record.lease_token, queue))
+                handbacks.append(op)
+                writer.submit_nowait(op)
 
-        op = self._submit(run, None, abandon)
+        op = Op(self._claim_fn(queue, limit, lease_seconds), None, abandon)
         try:
-            return await self._await(op)
+            return await writer.run(op)
         except BaseException as exc:
             if not isinstance(exc, Exception):
-                # Cancelled: the claim may still commit. Hand its leases back before the
-                # cancellation reaches the caller, so that no job stays leased to nobody.
-                # Bounded: should the writer be stuck, the hand-back still happens later.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(HANDBACK_WAIT):
                     await op.done.wait()
+                    await writer.flush()
                     for handback in handbacks:
                         await handback.done.wait()
             raise
 
-    async def _next_due(self, conn: AsyncConnection, queue: str) -> float | None:
-        due = (
-            await conn.execute(select(func.min(jobs.c.run_at)).where(jobs.c.queue == queue, QUEUED))
-        ).scalar_one_or_none()
-        expiry = (
-            await conn.execute(select(func.min(jobs.c.lease_expires_at)).where(RUNNING))
-        ).scalar_one_or_none()
-        candidates = [t for t in (due, expiry) if t is not None]
-        return min(candidates) if candidates else None
-
-    async def _rescue(self, conn: AsyncConnection, now: float) -> int:
-        rows = (
-            await conn.execute(
-                select(jobs.c.id, jobs.c.queue, jobs.c.attempts, jobs.c.max_attempts)
-                .where(RUNNING, jobs.c.lease_expires_at <= now)
-                .limit(RESCUE_CHUNK)
-            )
-        ).all()
+    def _rescue(self, conn: Connection, now: float) -> int:
+        rows = conn.execute(_EXPIRED, {"p_now": now}).all()
         if not rows:
             return 0
-        ids = [r.id for r in rows]
-        error = "lease expired (the consumer crashed, hung or lost the database)"
-        spent = jobs.c.attempts >= jobs.c.max_attempts
-        await conn.execute(
-            update(jobs)
-            .where(jobs.c.id.in_(ids), RUNNING)
-            .values(
-                state=case((spent, JobState.DEAD.value), else_=JobState.QUEUED.value),
-                finished_at=case((spent, now), else_=None),
-                run_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                last_error=error,
-            )
+        # Re-check the expiry: on PostgreSQL another process may have rescued and re-leased a
+        # job since the select, and its fresh lease must not be revoked.
+        rescued = set(
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_([r.id for r in rows]), RUNNING, jobs.c.lease_expires_at <= now)
+                .values(
+                    state=case((_SPENT, JobState.DEAD.value), else_=JobState.QUEUED.value),
+                    finished_at=case((_SPENT, now), else_=None),
+                    run_at=now,
+                    last_error=EXPIRED_ERROR,
+                    **_CLEARED,
+                )
+                .returning(jobs.c.id)
+            ).scalars()
         )
-        await conn.execute(
-            update(attempts)
-            .where(attempts.c.job_id.in_(ids), attempts.c.outcome.is_(None))
-            .values(outcome="expired", finished_at=now, error=error)
+        rows = [r for r in rows if r.id in rescued]
+        if not rows:
+            return 0
+        conn.execute(
+            _INSERT_ATTEMPT,
+            [
+                {
+                    "job_id": r.id,
+                    "attempt": r.attempts,
+                    "lease_token": r.lease_token,
+                    "started_at": r.started_at if r.started_at is not None else now,
+                    "finished_at": now,
+                    "outcome": "expired",
+                    "error": EXPIRED_ERROR,
+                }
+                for r in rows
+            ],
         )
         for r in rows:
             dead = r.attempts >= r.max_attempts
             logger.info(
-                "lease expired; job is %s", "dead" if dead else "queued again",
+                "lease of job %d expired; job is %s",
+                r.id,
+                "dead" if dead else "queued again",
                 extra={
                     "action": "job_dead" if dead else "job_rescued",
                     "job_id": r.id,
@@ -809,11 +703,9 @@ class JobStore:
 
     async def rescue(self) -> int:
         """Move jobs whose lease expired back to queued (or to dead when attempts are spent)."""
-
-        async def run(conn: AsyncConnection) -> int:
-            return await self._rescue(conn, self.clock())
-
-        return await self._write(run, on_commit=self._notify_all_work)
+        return await self._write(
+            lambda conn: self._rescue(conn, self.clock()), on_commit=self._notify_all_work
+        )
 
     def _notify_all_work(self, count: int) -> None:
         if count:
@@ -822,58 +714,50 @@ class JobStore:
 
     # ------------------------------------------------------------------ outcomes
 
-    async def _settle(
+    def _settle(
         self,
-        conn: AsyncConnection,
-        job_id: int,
-        token: str,
+        conn: Connection,
+        statement: Any,
+        params: dict[str, Any],
         outcome: str,
-        values: dict[str, Any],
         error: str | None,
-        now: float,
     ) -> Row[Any] | None:
         """Apply an outcome to a running job fenced by its token; None if already applied."""
-        row = (
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.lease_token == token, RUNNING)
-                .values(lease_token=None, lease_expires_at=None, **values)
-                .returning(jobs.c.state, jobs.c.queue, jobs.c.attempts)
-            )
-        ).one_or_none()
+        job_id, token, now = params["p_job_id"], params["p_token"], params["p_now"]
+        row = conn.execute(statement, params).one_or_none()
         if row is not None:
-            await conn.execute(
-                update(attempts)
-                .where(attempts.c.job_id == job_id, attempts.c.lease_token == token)
-                .values(outcome=outcome, finished_at=now, error=error)
+            conn.execute(
+                _INSERT_ATTEMPT,
+                {
+                    "job_id": job_id,
+                    "attempt": row.attempts,
+                    "lease_token": token,
+                    "started_at": row.started_at if row.started_at is not None else now,
+                    "finished_at": now,
+                    "outcome": outcome,
+                    "error": error,
+                },
             )
             return row
         # Not running under this token: either this very outcome was applied already (a retry
-        # after a cancelled call), or the lease is gone.
-        previous = (
-            await conn.execute(
-                select(attempts.c.outcome).where(
-                    attempts.c.job_id == job_id, attempts.c.lease_token == token
-                )
-            )
-        ).scalar_one_or_none()
-        if previous == outcome:
+        # after a cancelled call), or the lease is gone. Nothing was written either way.
+        previous = conn.execute(_ATTEMPT_OUTCOME, {"p_job_id": job_id, "p_token": token}).scalars()
+        outcomes = set(previous)
+        if outcome in outcomes:
             return None
-        state = (
-            await conn.execute(select(jobs.c.state, jobs.c.lease_token).where(jobs.c.id == job_id))
-        ).one_or_none()
-        if state is None:
+        current = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one_or_none()
+        if current is None:
             reason = "the job was deleted"
-        elif state.state == JobState.CANCELLED:
+        elif current == JobState.CANCELLED or "cancelled" in outcomes:
             reason = "the job was cancelled"
-        elif previous == "expired":
+        elif "expired" in outcomes:
             reason = "the lease expired and the job was rescued"
-        elif previous in ("released", "cancelled"):
-            reason = f"the lease was {previous}"
-        elif state.state == JobState.RUNNING:
+        elif "released" in outcomes:
+            reason = "the lease was handed back"
+        elif current == JobState.RUNNING:
             reason = "the lease expired and another consumer took the job"
         else:
-            reason = f"the job is {state.state} now"
+            reason = f"the job is {current} now"
         raise LeaseLost(f"job {job_id}: lease lost ({reason}); the outcome was not applied")
 
     async def ack(self, job_id: int, token: str, result: bytes | None) -> None:
@@ -882,18 +766,15 @@ class JobStore:
         :raises LeaseLost: when the lease is no longer this delivery's.
         """
 
-        async def run(conn: AsyncConnection) -> str | None:
-            now = self.clock()
-            row = await self._settle(
-                conn,
-                job_id,
-                token,
-                "acked",
-                {"state": JobState.DONE.value, "result": result, "finished_at": now},
-                None,
-                now,
-            )
-            return None if row is None else row.queue
+        def run(conn: Connection) -> str | None:
+            params = {
+                "p_job_id": job_id,
+                "p_token": token,
+                "p_now": self.clock(),
+                "p_result": result,
+            }
+            row = self._settle(conn, _ACK, params, "acked", None)
+            return None if row is None else str(row.queue)
 
         await self._write(run, on_commit=self._changed)
 
@@ -907,29 +788,22 @@ class JobStore:
         :returns: the job's new state (QUEUED or DEAD).
         """
 
-        async def run(conn: AsyncConnection) -> tuple[JobState, str | None]:
+        def run(conn: Connection) -> tuple[JobState, str | None]:
             now = self.clock()
-            spent = jobs.c.attempts >= jobs.c.max_attempts
-            row = await self._settle(
-                conn,
-                job_id,
-                token,
-                "nacked",
-                {
-                    "state": case((spent, JobState.DEAD.value), else_=JobState.QUEUED.value),
-                    "finished_at": case((spent, now), else_=None),
-                    "run_at": max(run_at, now),
-                    "last_error": error,
-                },
-                error,
-                now,
-            )
+            params = {
+                "p_job_id": job_id,
+                "p_token": token,
+                "p_now": now,
+                "p_run_at": max(run_at, now),
+                "p_error": error,
+            }
+            row = self._settle(conn, _NACK, params, "nacked", error)
             if row is None:
-                current = (
-                    await conn.execute(select(jobs.c.state).where(jobs.c.id == job_id))
+                current = conn.execute(
+                    select(jobs.c.state).where(jobs.c.id == job_id)
                 ).scalar_one_or_none()
                 return JobState(current or JobState.DEAD), None
-            return JobState(row.state), row.queue
+            return JobState(row.state), str(row.queue)
 
         def committed(result: tuple[JobState, str | None]) -> None:
             if result[1] is not None:
@@ -941,46 +815,32 @@ class JobStore:
     async def fail(self, job_id: int, token: str, error: str | None) -> None:
         """Make the job dead now, whatever its attempts."""
 
-        async def run(conn: AsyncConnection) -> str | None:
-            now = self.clock()
-            row = await self._settle(
-                conn,
-                job_id,
-                token,
-                "failed",
-                {"state": JobState.DEAD.value, "finished_at": now, "last_error": error},
-                error,
-                now,
-            )
-            return None if row is None else row.queue
+        def run(conn: Connection) -> str | None:
+            params = {"p_job_id": job_id, "p_token": token, "p_now": self.clock(), "p_error": error}
+            row = self._settle(conn, _FAIL, params, "failed", error)
+            return None if row is None else str(row.queue)
 
         await self._write(run, on_commit=self._changed)
 
-    def _release_fn(
-        self, job_id: int, token: str, queue: str
-    ) -> Callable[[AsyncConnection], Awaitable[bool]]:
-        async def run(conn: AsyncConnection) -> bool:
-            now = self.clock()
-            done = (
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.lease_token == token, RUNNING)
-                    .values(
-                        state=JobState.QUEUED.value,
-                        attempts=jobs.c.attempts - 1,
-                        lease_token=None,
-                        lease_expires_at=None,
-                    )
-                )
-            ).rowcount
-            if done:
-                await conn.execute(
-                    update(attempts)
-                    .where(attempts.c.job_id == job_id, attempts.c.lease_token == token)
-                    .values(outcome="released", finished_at=now)
-                )
-                self._notify(queue, work=True)
-            return bool(done)
+    def _release_fn(self, job_id: int, token: str, queue: str) -> Callable[[Connection], bool]:
+        def run(conn: Connection) -> bool:
+            params = {"p_job_id": job_id, "p_token": token, "p_now": self.clock()}
+            row = conn.execute(_RELEASE, params).one_or_none()
+            if row is None:
+                return False  # already gone: handing back is idempotent
+            conn.execute(
+                _INSERT_ATTEMPT,
+                {
+                    "job_id": job_id,
+                    "attempt": row.attempts + 1,
+                    "lease_token": token,
+                    "started_at": row.started_at if row.started_at is not None else params["p_now"],
+                    "finished_at": params["p_now"],
+                    "outcome": "released",
+                    "error": None,
+                },
+            )
+            return True
 
         return run
 
@@ -989,7 +849,12 @@ class JobStore:
 
         Idempotent: a lease that is already gone is left alone. Returns whether it was handed back.
         """
-        return await self._write(self._release_fn(job_id, token, queue))
+
+        def committed(released: bool) -> None:
+            if released:
+                self._notify(queue, work=True)
+
+        return await self._write(self._release_fn(job_id, token, queue), on_commit=committed)
 
     async def extend(self, job_id: int, token: str, seconds: float) -> float:
         """Make the lease end ``seconds`` from now; returns the new expiry.
@@ -997,16 +862,10 @@ class JobStore:
         :raises LeaseLost: when the lease is no longer this delivery's.
         """
 
-        async def run(conn: AsyncConnection) -> float:
+        def run(conn: Connection) -> float:
             expires = self.clock() + seconds
-            done = (
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id, jobs.c.lease_token == token, RUNNING)
-                    .values(lease_expires_at=expires)
-                )
-            ).rowcount
-            if not done:
+            params = {"p_job_id": job_id, "p_token": token, "p_expires": expires}
+            if conn.execute(_EXTEND, params).one_or_none() is None:
                 raise LeaseLost(f"job {job_id}: lease lost; it cannot be extended")
             return expires
 
@@ -1014,36 +873,42 @@ class JobStore:
 
     # ------------------------------------------------------------------ CRUD
 
+    def _state_of(self, conn: Connection, queue: str, job_id: int) -> Any:
+        row = conn.execute(
+            select(jobs.c.state, jobs.c.lease_token, jobs.c.started_at, jobs.c.attempts).where(
+                jobs.c.id == job_id, jobs.c.queue == queue
+            )
+        ).one_or_none()
+        if row is None:
+            raise JobNotFound(f"no job {job_id} in queue {queue!r}")
+        return row
+
     async def cancel(self, queue: str, job_id: int) -> bool:
         """Cancel a queued or running job; False when it had already finished."""
 
-        async def run(conn: AsyncConnection) -> bool:
+        def run(conn: Connection) -> bool:
             now = self.clock()
-            row = (
-                await conn.execute(
-                    select(jobs.c.state).where(jobs.c.id == job_id, jobs.c.queue == queue)
-                )
-            ).one_or_none()
-            if row is None:
-                raise JobNotFound(f"no job {job_id} in queue {queue!r}")
+            row = self._state_of(conn, queue, job_id)
             if JobState(row.state) in FINISHED_STATES:
                 return False
-            await conn.execute(
+            conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(
-                    state=JobState.CANCELLED.value,
-                    finished_at=now,
-                    lease_token=None,
-                    lease_expires_at=None,
-                    dedupe_key=jobs.c.dedupe_key,
+                .values(state=JobState.CANCELLED.value, finished_at=now, **_CLEARED)
+            )
+            if row.state == JobState.RUNNING:
+                conn.execute(
+                    _INSERT_ATTEMPT,
+                    {
+                        "job_id": job_id,
+                        "attempt": row.attempts,
+                        "lease_token": row.lease_token,
+                        "started_at": row.started_at if row.started_at is not None else now,
+                        "finished_at": now,
+                        "outcome": "cancelled",
+                        "error": "cancelled",
+                    },
                 )
-            )
-            await conn.execute(
-                update(attempts)
-                .where(attempts.c.job_id == job_id, attempts.c.outcome.is_(None))
-                .values(outcome="cancelled", finished_at=now, error="cancelled")
-            )
             return True
 
         def committed(cancelled: bool) -> None:
@@ -1056,32 +921,28 @@ class JobStore:
     async def requeue(self, queue: str, job_id: int) -> None:
         """Put a done, dead or cancelled job back in the queue with its attempts reset."""
 
-        async def run(conn: AsyncConnection) -> None:
+        def run(conn: Connection) -> None:
             now = self.clock()
-            row = (
-                await conn.execute(
-                    select(jobs.c.state).where(jobs.c.id == job_id, jobs.c.queue == queue)
-                )
-            ).one_or_none()
-            if row is None:
-                raise JobNotFound(f"no job {job_id} in queue {queue!r}")
+            row = self._state_of(conn, queue, job_id)
             if JobState(row.state) not in FINISHED_STATES:
                 raise JobStateError(
-                    f"job {job_id} is {row.state}; only done, dead or cancelled jobs can be requeued"
+                    f"job {job_id} is {row.state}; only done, dead or cancelled jobs can be "
+                    "requeued"
                 )
             try:
-                await conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id)
-                    .values(
-                        state=JobState.QUEUED.value,
-                        attempts=0,
-                        run_at=now,
-                        enqueued_at=now,
-                        finished_at=None,
-                        result=None,
+                with conn.begin_nested():
+                    conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == job_id)
+                        .values(
+                            state=JobState.QUEUED.value,
+                            attempts=0,
+                            run_at=now,
+                            enqueued_at=now,
+                            finished_at=None,
+                            result=None,
+                        )
                     )
-                )
             except IntegrityError as exc:
                 raise JobStateError(
                     f"job {job_id}: another active job holds its dedupe_key; not requeued"
@@ -1092,47 +953,40 @@ class JobStore:
     async def delete(self, queue: str, job_id: int) -> None:
         """Delete a job and its history."""
 
-        async def run(conn: AsyncConnection) -> None:
-            await conn.execute(delete(attempts).where(attempts.c.job_id == job_id, _in_queue(queue)))
-            done = (
-                await conn.execute(delete(jobs).where(jobs.c.id == job_id, jobs.c.queue == queue))
-            ).rowcount
-            if not done:
-                raise JobNotFound(f"no job {job_id} in queue {queue!r}")
+        def run(conn: Connection) -> None:
+            self._state_of(conn, queue, job_id)
+            conn.execute(delete(attempts).where(attempts.c.job_id == job_id))
+            conn.execute(delete(jobs).where(jobs.c.id == job_id))
 
         await self._write(run, on_commit=lambda _: self._notify(queue, work=False))
 
     async def purge(self, queue: str, state: JobState) -> int:
         """Delete every job of ``queue`` in ``state``; returns how many."""
 
-        async def run(conn: AsyncConnection) -> int:
+        def run(conn: Connection) -> int:
             chosen = select(jobs.c.id).where(jobs.c.queue == queue, jobs.c.state == state.value)
-            await conn.execute(delete(attempts).where(attempts.c.job_id.in_(chosen)))
-            return int(
-                (
-                    await conn.execute(
-                        delete(jobs).where(jobs.c.queue == queue, jobs.c.state == state.value)
-                    )
-                ).rowcount
+            conn.execute(delete(attempts).where(attempts.c.job_id.in_(chosen)))
+            result = conn.execute(
+                delete(jobs).where(jobs.c.queue == queue, jobs.c.state == state.value)
             )
+            return int(result.rowcount)
 
         return await self._write(run, on_commit=lambda _: self._notify(queue, work=False))
 
     async def clean(self, older_than: float) -> int:
         """Delete finished jobs (all queues) that finished before ``older_than`` (epoch seconds)."""
 
-        async def run(conn: AsyncConnection) -> int:
-            chosen = (
-                select(jobs.c.id)
-                .where(FINISHED, jobs.c.finished_at < older_than)
-                .limit(CLEAN_CHUNK)
-                .scalar_subquery()
+        def run(conn: Connection) -> int:
+            ids = list(
+                conn.execute(
+                    select(jobs.c.id)
+                    .where(FINISHED, jobs.c.finished_at < older_than)
+                    .limit(CLEAN_CHUNK)
+                ).scalars()
             )
-            ids = list((await conn.execute(select(jobs.c.id).where(jobs.c.id.in_(chosen)))).scalars())
-            if not ids:
-                return 0
-            await conn.execute(delete(attempts).where(attempts.c.job_id.in_(ids)))
-            await conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+            if ids:
+                conn.execute(delete(attempts).where(attempts.c.job_id.in_(ids)))
+                conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             return len(ids)
 
         total = 0
@@ -1149,21 +1003,25 @@ class JobStore:
 
     async def _read(self, fn: Callable[[AsyncConnection], Awaitable[T]], action: str) -> T:
         self._check_open()
-        assert self._engine is not None
+        engine = self._engine
+        assert engine is not None
         try:
             # Shielded: abandoning a statement mid-flight would leave its connection busy.
             with anyio.CancelScope(shield=True):
-                async with self._engine.connect() as conn:
-                    return await fn(conn)
+                async with engine.connect() as conn:
+                    result = await fn(conn)
         except DBAPIError as exc:
             raise wrap_db_error(exc, action, self.where) from exc
+        return result
 
     async def counts(self, queue: str) -> dict[JobState, int]:
         """The number of jobs of ``queue`` in each state."""
 
         async def run(conn: AsyncConnection) -> dict[JobState, int]:
             rows = await conn.execute(
-                select(jobs.c.state, func.count()).where(jobs.c.queue == queue).group_by(jobs.c.state)
+                select(jobs.c.state, func.count())
+                .where(jobs.c.queue == queue)
+                .group_by(jobs.c.state)
             )
             counts = dict.fromkeys(JobState, 0)
             for state, count in rows:
@@ -1182,7 +1040,7 @@ class JobStore:
         return await self._read(run, "counting jobs")
 
     async def get(self, queue: str, job_id: int) -> tuple[JobRecord, list[AttemptRecord]] | None:
-        """One job and its attempts, or None."""
+        """One job and its attempts (the running one last), or None."""
 
         async def run(conn: AsyncConnection) -> tuple[JobRecord, list[AttemptRecord]] | None:
             row = (
@@ -1190,14 +1048,15 @@ class JobStore:
             ).one_or_none()
             if row is None:
                 return None
-            history = await conn.execute(
+            record = JobRecord.from_row(row)
+            found = await conn.execute(
                 select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.id)
             )
-            return JobRecord.from_row(row), [_attempt(a) for a in history]
+            return record, _history(record, list(found))
 
         return await self._read(run, "reading a job")
 
-    async def list(
+    async def list_jobs(
         self, queue: str, state: JobState | None, limit: int, offset: int
     ) -> list[tuple[JobRecord, list[AttemptRecord]]]:
         """Jobs of ``queue`` (in ``state``), oldest first, with their attempts."""
@@ -1206,20 +1065,18 @@ class JobStore:
             stmt = select(jobs).where(jobs.c.queue == queue)
             if state is not None:
                 stmt = stmt.where(jobs.c.state == state.value)
-            rows = [
-                JobRecord.from_row(r)
-                for r in await conn.execute(stmt.order_by(jobs.c.id).limit(limit).offset(offset))
-            ]
-            history: dict[int, list[AttemptRecord]] = {r.id: [] for r in rows}
-            if rows:
-                found = await conn.execute(
+            result = await conn.execute(stmt.order_by(jobs.c.id).limit(limit).offset(offset))
+            records = [JobRecord.from_row(r) for r in result]
+            found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}
+            if records:
+                rows = await conn.execute(
                     select(attempts)
-                    .where(attempts.c.job_id.in_(list(history)))
+                    .where(attempts.c.job_id.in_(list(found)))
                     .order_by(attempts.c.id)
                 )
-                for a in found:
-                    history[a.job_id].append(_attempt(a))
-            return [(r, history[r.id]) for r in rows]
+                for a in rows:
+                    found[a.job_id].append(a)
+            return [(r, _history(r, found[r.id])) for r in records]
 
         return await self._read(run, "listing jobs")
 
@@ -1233,23 +1090,25 @@ class JobStore:
         return await self._read(run, "listing queues")
 
 
-def _attempt(row: Row[Any]) -> AttemptRecord:
-    return AttemptRecord(
-        attempt=row.attempt,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        outcome=row.outcome,
-        error=row.error,
-    )
-
-
-def _in_queue(queue: str) -> Any:
-    return attempts.c.job_id.in_(select(jobs.c.id).where(jobs.c.queue == queue))
-
-
-async def _noop(_conn: AsyncConnection) -> None:
-    return None
-
-
-def _unused(*_: Iterable[Any]) -> None:  # pragma: no cover - keeps imports honest for linters
-    _ = (bindparam, text)
+def _history(record: JobRecord, rows: list[Row[Any]]) -> list[AttemptRecord]:
+    history = [
+        AttemptRecord(
+            attempt=row.attempt,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            outcome=row.outcome,
+            error=row.error,
+        )
+        for row in rows
+    ]
+    if record.state == JobState.RUNNING and record.started_at is not None:
+        history.append(
+            AttemptRecord(
+                attempt=record.attempts,
+                started_at=record.started_at,
+                finished_at=None,
+                outcome=None,
+                error=None,
+            )
+        )
+    return history

@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_GRACE", "Supervisor"]
 
 logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=BaseException)
 
 #: Seconds running handlers get to finish when a pool stops.
 DEFAULT_GRACE = 10.0
@@ -133,9 +135,9 @@ class Supervisor:
             return await tg.__aexit__(exc_type, exc, tb)
         except BaseExceptionGroup as group:
             # One error means one error: do not make callers unwrap an ExceptionGroup.
-            match = group.subgroup(SupervisorError)
-            if match is not None:
-                raise match.exceptions[0] from group
+            fatal = _first_leaf(group, SupervisorError)
+            if fatal is not None:
+                raise fatal from group
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], Exception):
                 raise group.exceptions[0] from None
             raise
@@ -210,7 +212,7 @@ class Supervisor:
             self._pools.pop(pool_name, None)
             raise
         if self._heartbeat is not None:
-            self._heartbeat.interval = min(self._heartbeat.interval, self._heartbeat_interval())
+            self._heartbeat.set_interval(min(self._heartbeat.interval, self._heartbeat_interval()))
         return pool
 
     def _require_running(self) -> TaskGroup:
@@ -260,6 +262,13 @@ class Supervisor:
                 pool=pool.name,
                 error=str(exc),
             )
+            # Give up gracefully: the other pools stop claiming and drain for the grace
+            # period; the failed pool drains once this raises, then its run() raises it.
+            others = [p for p in self._pools.values() if p is not pool]
+            for other in others:
+                other.stop(self.grace)
+            for other in others:
+                await other.wait_stopped()
             raise SupervisorError(
                 f"pool {pool.name!r} crashed {len(self._restarts)} times within "
                 f"{self.restart_period}s; last error: {type(exc).__name__}: {exc}"
@@ -275,3 +284,15 @@ class Supervisor:
             error=str(exc),
         )
         await anyio.sleep(delay)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException], kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` in ``group``, however deeply nested."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, kind)
+            if found is not None:
+                return found
+    return None

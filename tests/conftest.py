@@ -42,7 +42,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep the developer's PERSISTQ_* variables and files out of the tests."""
     for key in list(os.environ):
-        if key.startswith("PERSISTQ_") and not key.startswith("PERSISTQ_TEST_") and key != "PERSISTQ_REQUIRE_PG":
+        if (
+            key.startswith("PERSISTQ_")
+            and not key.startswith("PERSISTQ_TEST_")
+            and key != "PERSISTQ_REQUIRE_PG"
+        ):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
 

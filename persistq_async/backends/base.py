@@ -1,4 +1,4 @@
-"""What every backend provides: the engine, how write transactions begin, change detection."""
+"""What every backend provides: engines, how write transactions begin, change detection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Select
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
+    from sqlalchemy.engine import URL, Connection, Engine
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
     from ..config import Options
@@ -36,21 +36,21 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def create_engine(self) -> AsyncEngine:
-        """Create the one engine of this queue, with pragmas or server settings applied."""
+        """The async engine for reads (and, where there is no write thread, for writes)."""
+
+    def create_write_engine(self) -> Engine | None:
+        """A synchronous engine for a dedicated writer thread, or None to write through
+        :meth:`create_engine`'s pool."""
+        return None
 
     @abc.abstractmethod
     async def prepare(self) -> None:
         """Check what can be checked before connecting (directory exists, file is ours...)."""
 
-    @abc.abstractmethod
-    async def begin_write(self, conn: AsyncConnection) -> None:
-        """Begin a write transaction on ``conn`` that takes the write lock at once."""
-
-    @abc.abstractmethod
-    async def lock_schema(self, conn: AsyncConnection) -> None:
+    def lock_schema(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Serialize schema creation among processes; called inside the write transaction."""
 
-    async def finish_schema(self, conn: AsyncConnection) -> None:  # noqa: B027 - optional hook
+    def finish_schema(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Called outside any transaction once the schema is known to be ours and current."""
 
     @abc.abstractmethod
@@ -58,8 +58,12 @@ class Backend(abc.ABC):
         """Make the claim's inner select skip rows other transactions hold, where that applies."""
 
     @abc.abstractmethod
-    async def change_token(self, conn: AsyncConnection) -> int:
+    async def change_token(self, conn: AsyncConnection | None) -> int:
         """A number that changes when another connection commits (cheap to read)."""
+
+    def needs_watch_connection(self) -> bool:
+        """Whether :meth:`change_token` needs a connection of its own."""
+        return False
 
     @abc.abstractmethod
     def is_busy(self, exc: BaseException) -> bool:

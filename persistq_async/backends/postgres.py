@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 from sqlalchemy import Select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -33,19 +34,15 @@ class PostgresBackend(Backend):
     async def prepare(self) -> None:
         """Nothing to check before connecting."""
 
-    async def begin_write(self, conn: AsyncConnection) -> None:
-        """READ COMMITTED; row locks and SKIP LOCKED do the rest."""
-        await conn.begin()
-
-    async def lock_schema(self, conn: AsyncConnection) -> None:
+    def lock_schema(self, conn: Connection) -> None:
         """Hold a transaction-scoped advisory lock so concurrent starts migrate once."""
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
 
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """Rows another claimer holds are skipped, not waited for."""
         return select.with_for_update(skip_locked=True)
 
-    async def change_token(self, conn: AsyncConnection) -> int:
+    async def change_token(self, conn: AsyncConnection | None) -> int:
         """No cheap change counter: every poll counts as a change, so waiters re-claim."""
         return next(self._ticks)
 

@@ -19,22 +19,22 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Select, event
+from sqlalchemy import Select, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from ..errors import DatabaseError, SchemaError
 from ..schema import APPLICATION_ID
 from .base import Backend
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
 __all__ = ["SQLiteBackend"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-_BEGIN_OPTION = "persistq_begin"
 
 
 class SQLiteBackend(Backend):
@@ -47,19 +47,11 @@ class SQLiteBackend(Backend):
         """The database file."""
         return Path(self.url.database or "")
 
-    def create_engine(self) -> AsyncEngine:
-        """Engine whose connections are in autocommit mode, so we emit BEGIN ourselves."""
-        opts = self.options
-        engine = create_async_engine(
-            self.url,
-            pool_size=4,
-            max_overflow=4,
-            connect_args={"timeout": opts.busy_timeout, "check_same_thread": False},
-        )
-        synchronous = "FULL" if opts.durability == "full" else "NORMAL"
-        busy_ms = int(opts.busy_timeout * 1000)
+    def _install_hooks(self, engine: Engine, *, begin: str) -> None:
+        busy_ms = int(self.options.busy_timeout * 1000)
+        synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
 
-        @event.listens_for(engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             # The driver's own transaction handling issues a deferred BEGIN lazily, which then
             # fails to upgrade to a write lock under contention; take control of BEGIN instead.
@@ -78,11 +70,30 @@ class SQLiteBackend(Backend):
             finally:
                 cursor.close()
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            conn.exec_driver_sql(begin)
 
+    def create_engine(self) -> AsyncEngine:
+        """Readers, through aiosqlite; they never take the write lock."""
+        engine = create_async_engine(
+            self.url,
+            pool_size=3,
+            max_overflow=3,
+            connect_args={"timeout": self.options.busy_timeout, "check_same_thread": False},
+        )
+        self._install_hooks(engine.sync_engine, begin="BEGIN")
+        return engine
+
+    def create_write_engine(self) -> Engine:
+        """The writer thread's engine: BEGIN IMMEDIATE, so the write lock is taken up front
+        (a deferred transaction that later tries to write can fail with SQLITE_BUSY at once)."""
+        engine = create_engine(
+            self.url.set(drivername="sqlite+pysqlite"),
+            poolclass=NullPool,
+            connect_args={"timeout": self.options.busy_timeout, "check_same_thread": False},
+        )
+        self._install_hooks(engine, begin="BEGIN IMMEDIATE")
         return engine
 
     async def prepare(self) -> None:
@@ -104,40 +115,35 @@ class SQLiteBackend(Backend):
             except OSError as exc:
                 raise DatabaseError(f"cannot read {path}: {exc.strerror}") from exc
             if header and header != _SQLITE_HEADER:
-                raise SchemaError(f"{path} is not an SQLite database; refusing to use it as a queue")
+                raise SchemaError(
+                    f"{path} is not an SQLite database; refusing to use it as a queue"
+                )
             if not os.access(path, os.W_OK):
                 raise DatabaseError(f"cannot open {path}: the file is read-only")
         elif not os.access(parent, os.W_OK):
             raise DatabaseError(f"cannot create {path}: directory {parent} is read-only")
 
-    async def begin_write(self, conn: AsyncConnection) -> None:
-        """BEGIN IMMEDIATE: take the write lock now, where a deferred upgrade could fail."""
-        await conn.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
-        await conn.begin()
-
-    async def lock_schema(self, conn: AsyncConnection) -> None:
-        """BEGIN IMMEDIATE already serializes schema creation among processes."""
-
-    async def finish_schema(self, conn: AsyncConnection) -> None:
+    def finish_schema(self, conn: Connection) -> None:
         """Switch a file that is now ours to WAL (persistent; a no-op when it already is)."""
-
-        def wal(sync_conn: Connection) -> None:
-            # On the DBAPI connection: SQLAlchemy would BEGIN first, and WAL cannot be
-            # entered inside a transaction.
-            cursor = sync_conn.connection.cursor()
-            try:
-                cursor.execute("PRAGMA journal_mode = WAL")
-            finally:
-                cursor.close()
-
-        await conn.run_sync(wal)
+        # On the DBAPI connection: SQLAlchemy would BEGIN first, and WAL cannot be entered
+        # inside a transaction.
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        finally:
+            cursor.close()
 
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """SQLite has one writer at a time; there is nothing to skip."""
         return select
 
-    async def change_token(self, conn: AsyncConnection) -> int:
+    def needs_watch_connection(self) -> bool:
+        """``PRAGMA data_version`` is relative to one connection."""
+        return True
+
+    async def change_token(self, conn: AsyncConnection | None) -> int:
         """``PRAGMA data_version`` changes when any other connection commits."""
+        assert conn is not None
         result = await conn.exec_driver_sql("PRAGMA data_version")
         value = result.scalar_one()
         await conn.commit()

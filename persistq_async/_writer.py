@@ -1,0 +1,403 @@
+"""How writes reach the database: one transaction per batch, each caller woken with its own result.
+
+SQLite (:class:`ThreadWriter`): a dedicated thread owns the only write connection of the queue.
+Writes submitted while a batch is in flight wait in a list and go together in the next batch:
+one ``BEGIN IMMEDIATE``, every operation's statements, one ``COMMIT`` (group commit, one fsync),
+all in one hop to the thread. Results come back to the event loop by a callback, not through an
+awaiting task, so a cancelled caller can never interrupt a transaction half-way, and a queue may
+be closed from another task than the one that opened it.
+
+PostgreSQL (:class:`DirectWriter`): the server takes concurrent writers itself, so each operation
+runs in its own short transaction on a pooled connection, in the caller's task, shielded from
+cancellation.
+
+An operation is a synchronous function of a SQLAlchemy ``Connection``. It may raise a
+:class:`~persistq_async.PersistQError` only before its first write; a database error in one
+operation rolls the batch back, and the batch is run again without it, so one failing operation
+never fails the others.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import queue as stdlib_queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from .errors import DatabaseError, PersistQError, QueueClosed, SchemaError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["DirectWriter", "Op", "ThreadWriter", "Writer", "run_batch", "wrap_db_error"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Most operations one transaction takes; bounds the time a batch holds the write lock.
+MAX_BATCH = 512
+#: How often a batch is retried when another process holds the lock past ``busy_timeout``.
+MAX_BUSY_RETRIES = 20
+
+
+def wrap_db_error(exc: BaseException, action: str, where: str) -> DatabaseError:
+    """One readable :class:`DatabaseError` for a driver error, naming the database and cause."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    message = (str(orig).strip() or type(orig).__name__).splitlines()[0]
+    lowered = message.lower()
+    hint = ""
+    if "file is not a database" in lowered or "malformed" in lowered:
+        return SchemaError(f"{action} failed on {where}: {message} (not a usable SQLite database)")
+    if "readonly" in lowered or "read-only" in lowered:
+        hint = " (the database file or its directory is read-only)"
+    elif "disk is full" in lowered or "database or disk is full" in lowered:
+        hint = " (the disk or the database's size limit is full)"
+    elif "unable to open" in lowered:
+        hint = " (check that the path exists and is writable)"
+    elif "locked" in lowered:
+        hint = " (another process held the write lock past busy_timeout)"
+    error = DatabaseError(f"{action} failed on {where}: {message}{hint}")
+    error.__cause__ = exc
+    return error
+
+
+class Op(Generic[T]):
+    """One write: ``fn(connection)`` and what to do once it committed or was abandoned."""
+
+    __slots__ = (
+        "abandoned",
+        "done",
+        "error",
+        "finished",
+        "fn",
+        "on_abandon",
+        "on_commit",
+        "result",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[[Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+        on_abandon: Callable[[T], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.on_commit = on_commit
+        self.on_abandon = on_abandon
+        self.done = anyio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.abandoned = False
+
+    def value(self) -> T:
+        """The result, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
+
+    def abandon(self) -> None:
+        """The caller stopped waiting: undo a success that nobody will receive."""
+        if self.abandoned:
+            return
+        self.abandoned = True
+        if self.finished and self.error is None and self.on_abandon is not None:
+            self.on_abandon(self.result)  # type: ignore[arg-type]
+
+    def finish(self) -> None:
+        """Run the post-commit hooks and wake the caller; on the event loop's thread."""
+        self.finished = True
+        if self.error is None:
+            try:
+                if self.on_commit is not None:
+                    self.on_commit(self.result)  # type: ignore[arg-type]
+                if self.abandoned and self.on_abandon is not None:
+                    self.on_abandon(self.result)  # type: ignore[arg-type]
+            except Exception:  # a wake-up must never break the writer
+                logger.exception("post-commit hook failed")
+        self.done.set()
+
+
+def run_batch(
+    conn: Connection,
+    batch: list[Op[Any]],
+    *,
+    where: str,
+    is_busy: Callable[[BaseException], bool],
+    sleep: Callable[[float], None] | None,
+) -> None:
+    """Run ``batch`` in one transaction, setting each op's result or error. Never raises."""
+    remaining = list(batch)
+    tries = 0
+    delay = 0.005
+    while remaining:
+        for op in remaining:
+            op.result, op.error = None, None
+        failed: Op[Any] | None = None
+        try:
+            conn.begin()
+            for op in remaining:
+                try:
+                    op.result = op.fn(conn)
+                except PersistQError as exc:
+                    op.error = exc  # raised before the op wrote anything
+                except DBAPIError as exc:
+                    if is_busy(exc):
+                        raise
+                    op.error = wrap_db_error(exc, "writing", where)
+                    failed = op
+                    break
+            if failed is None:
+                conn.commit()
+                return
+            conn.rollback()
+            remaining.remove(failed)  # run the others again without it
+        except DBAPIError as exc:
+            _rollback_quietly(conn)
+            if is_busy(exc) and tries < MAX_BUSY_RETRIES and sleep is not None:
+                tries += 1
+                logger.debug("database busy; retrying a batch of %d", len(remaining))
+                sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            error = wrap_db_error(exc, "writing", where)
+            for op in remaining:
+                op.error = error
+            return
+        except Exception as exc:
+            _rollback_quietly(conn)
+            logger.exception("a write batch failed unexpectedly")
+            for op in remaining:
+                if op.error is None:
+                    op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
+            return
+
+
+def _rollback_quietly(conn: Connection) -> None:
+    try:
+        conn.rollback()
+    except SQLAlchemyError:
+        logger.debug("rollback failed", exc_info=True)
+
+
+class Writer(abc.ABC):
+    """Runs write operations; see the module docstring."""
+
+    @abc.abstractmethod
+    async def run(self, op: Op[T]) -> T:
+        """Run ``op`` and return its result; a cancelled caller abandons it (it still completes)."""
+
+    @abc.abstractmethod
+    def submit_nowait(self, op: Op[Any]) -> None:
+        """Run ``op`` without waiting for it (handing back an abandoned claim)."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Run what :meth:`submit_nowait` left pending, where that needs the caller's task."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Finish every pending write, then release the connection."""
+
+
+class ThreadWriter(Writer):
+    """One thread, one SQLite connection, batches handed over and results called back."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        *,
+        where: str,
+        is_busy: Callable[[BaseException], bool],
+    ) -> None:
+        self._connect = connect
+        self._where = where
+        self._is_busy = is_busy
+        self._pending: deque[Op[Any]] = deque()
+        self._requests: stdlib_queue.SimpleQueue[list[Op[Any]] | None] = stdlib_queue.SimpleQueue()
+        self._busy = False
+        self._closing = False
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self, setup: Callable[[Connection], None]) -> None:
+        """Start the thread, connect, and run ``setup`` (schema creation) there; raise its error."""
+        self._loop = asyncio.get_running_loop()
+        ready = anyio.Event()
+        outcome: list[BaseException | None] = []
+
+        def report(error: BaseException | None) -> None:
+            outcome.append(error)
+            ready.set()
+
+        self._thread = threading.Thread(
+            target=self._main, args=(setup, report), name="persistq-writer", daemon=True
+        )
+        self._thread.start()
+        with anyio.CancelScope(shield=True):
+            await ready.wait()
+        if outcome and outcome[0] is not None:
+            await anyio.to_thread.run_sync(self._thread.join)
+            raise outcome[0]
+
+    def _main(
+        self, setup: Callable[[Connection], None], report: Callable[[BaseException | None], None]
+    ) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(report, exc)
+            return
+        try:
+            try:
+                setup(conn)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(report, exc)
+                return
+            loop.call_soon_threadsafe(report, None)
+            while True:
+                batch = self._requests.get()
+                if batch is None:
+                    return
+                run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
+                try:
+                    loop.call_soon_threadsafe(self._completed, batch)
+                except RuntimeError:  # the event loop is gone; nobody is waiting any more
+                    return
+        finally:
+            try:
+                conn.close()
+            except SQLAlchemyError:
+                logger.debug("closing the write connection failed", exc_info=True)
+
+    def _dispatch(self) -> None:
+        count = min(MAX_BATCH, len(self._pending))
+        batch = [self._pending.popleft() for _ in range(count)]
+        self._busy = True
+        self._requests.put(batch)
+
+    def _completed(self, batch: list[Op[Any]]) -> None:
+        self._busy = False
+        for op in batch:
+            op.finish()
+        if self._pending:
+            self._dispatch()
+        else:
+            self._idle.set()
+
+    def _submit(self, op: Op[Any]) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            raise QueueClosed("the queue is closed; nothing was written")
+        self._pending.append(op)
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        if not self._busy:
+            self._dispatch()
+
+    async def run(self, op: Op[T]) -> T:
+        """Submit ``op`` to the next batch and wait for its commit."""
+        if self._closing:
+            raise QueueClosed("the queue is closed; nothing was written")
+        self._submit(op)
+        try:
+            await op.done.wait()
+        except BaseException:
+            op.abandon()
+            raise
+        return op.value()
+
+    def submit_nowait(self, op: Op[Any]) -> None:
+        """Add ``op`` to the next batch (allowed while closing: close waits for it)."""
+        try:
+            self._submit(op)
+        except QueueClosed:
+            logger.warning("queue closed; a lease could not be handed back and will expire")
+
+    async def flush(self) -> None:
+        """Nothing to do: submitted operations run by themselves."""
+
+    async def aclose(self) -> None:
+        """Wait for every pending batch, then stop the thread."""
+        self._closing = True
+        thread = self._thread
+        if thread is None:
+            return
+        with anyio.CancelScope(shield=True):
+            while self._busy or self._pending:
+                await self._idle.wait()
+            self._requests.put(None)
+            await anyio.to_thread.run_sync(thread.join)
+        self._thread = None
+
+
+class DirectWriter(Writer):
+    """Each operation in its own transaction on a pooled connection, in the caller's task."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, where: str, is_busy: Callable[[BaseException], bool]
+    ) -> None:
+        self._engine = engine
+        self._where = where
+        self._is_busy = is_busy
+        self._deferred: deque[Op[Any]] = deque()
+        self._closing = False
+
+    async def _execute(self, op: Op[Any]) -> None:
+        try:
+            async with self._engine.connect() as conn:
+                await conn.run_sync(
+                    lambda sync_conn: run_batch(
+                        sync_conn,
+                        [op],
+                        where=self._where,
+                        is_busy=self._is_busy,
+                        sleep=None,
+                    )
+                )
+        except DBAPIError as exc:
+            op.error = wrap_db_error(exc, "connecting", self._where)
+        except OSError as exc:
+            op.error = DatabaseError(f"connecting failed on {self._where}: {exc}")
+        op.finish()
+
+    async def run(self, op: Op[T]) -> T:
+        """Run ``op`` now, shielded from cancellation."""
+        if self._closing:
+            raise QueueClosed("the queue is closed; nothing was written")
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.flush()
+                await self._execute(op)
+        except BaseException:
+            op.abandon()
+            raise
+        return op.value()
+
+    def submit_nowait(self, op: Op[Any]) -> None:
+        """Keep ``op`` until the next :meth:`run`, :meth:`flush` or :meth:`aclose`."""
+        self._deferred.append(op)
+
+    async def flush(self) -> None:
+        """Run the deferred operations."""
+        while self._deferred:
+            await self._execute(self._deferred.popleft())
+
+    async def aclose(self) -> None:
+        """Run what was deferred; the engine is disposed by the store."""
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            await self.flush()

@@ -1,0 +1,45 @@
+"""The README's quickstart, run as a user would: its ```python block in a fresh directory."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def quickstart() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quickstart", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert match is not None, "the README's Quickstart has no ```python block"
+    return match.group(1)
+
+
+def test_the_quickstart_runs_and_prints_what_it_promises(tmp_path: Path) -> None:
+    script = tmp_path / "quickstart.py"
+    script.write_text(quickstart(), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # the priority-5 job first, the delayed one after it
+    assert lines[:2] == ["sending to a@example.org", "sending to b@example.org"], done.stdout
+    assert lines[2] == (
+        "Stats(queue='emails', queued=0, running=0, done=2, dead=0, cancelled=0)"
+    ), done.stdout
+    assert len(lines) == 3
+    assert (tmp_path / "jobs.db").exists()  # the queue lives in the file it named
+    assert "Traceback" not in done.stderr
