@@ -325,6 +325,7 @@ class JobStore:
                     )
                 if self.backend.needs_watch_connection():
                     self._watch_conn = await self._engine.connect()
+                await self.backend.start_watching(lambda queue: self._notify(queue, work=True))
         except BaseException as exc:
             await self._dispose()
             if isinstance(exc, DBAPIError):
@@ -345,6 +346,7 @@ class JobStore:
 
     async def _dispose(self) -> None:
         with anyio.CancelScope(shield=True):
+            await self.backend.stop_watching()
             if self._writer is not None:
                 await self._writer.aclose()
                 self._writer = None
@@ -535,6 +537,7 @@ class JobStore:
         def run(conn: Connection) -> list[int]:
             now = self.clock()
             rows = [self._row(queue, job, now) for job in new]
+            self.backend.notify_work(conn, queue)
             if any(row["dedupe_key"] is not None for row in rows):
                 return [self._put_deduped(conn, queue, row) for row in rows]
             if len(rows) == 1:
@@ -671,6 +674,8 @@ class JobStore:
         rows = [r for r in rows if r.id in rescued]
         if not rows:
             return 0
+        for queue in sorted({r.queue for r in rows}):
+            self.backend.notify_work(conn, queue)
         conn.execute(
             _INSERT_ATTEMPT,
             [
@@ -798,6 +803,8 @@ class JobStore:
                 "p_error": error,
             }
             row = self._settle(conn, _NACK, params, "nacked", error)
+            if row is not None and row.state == JobState.QUEUED:
+                self.backend.notify_work(conn, str(row.queue))
             if row is None:
                 current = conn.execute(
                     select(jobs.c.state).where(jobs.c.id == job_id)
@@ -828,6 +835,7 @@ class JobStore:
             row = conn.execute(_RELEASE, params).one_or_none()
             if row is None:
                 return False  # already gone: handing back is idempotent
+            self.backend.notify_work(conn, queue)
             conn.execute(
                 _INSERT_ATTEMPT,
                 {
@@ -947,6 +955,7 @@ class JobStore:
                 raise JobStateError(
                     f"job {job_id}: another active job holds its dedupe_key; not requeued"
                 ) from exc
+            self.backend.notify_work(conn, queue)
 
         await self._write(run, on_commit=lambda _: self._notify(queue, work=True))
 

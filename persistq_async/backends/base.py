@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select
@@ -60,6 +61,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def change_token(self, conn: AsyncConnection | None) -> int:
         """A number that changes when another connection commits (cheap to read)."""
+
+    def notify_work(self, conn: Connection, queue: str) -> None:  # noqa: B027 - optional hook
+        """Inside a write transaction that made jobs of ``queue`` claimable: tell other
+        processes at commit, where the database can."""
+
+    async def start_watching(self, on_work: Callable[[str], None]) -> None:  # noqa: B027
+        """Begin listening for other processes' :meth:`notify_work`; ``on_work(queue)``."""
+
+    async def stop_watching(self) -> None:  # noqa: B027 - optional hook
+        """Stop what :meth:`start_watching` began."""
 
     def needs_watch_connection(self) -> bool:
         """Whether :meth:`change_token` needs a connection of its own."""

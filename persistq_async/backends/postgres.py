@@ -1,10 +1,20 @@
-"""PostgreSQL through asyncpg: ``FOR UPDATE SKIP LOCKED`` claims and advisory-locked migrations."""
+"""PostgreSQL through asyncpg: ``FOR UPDATE SKIP LOCKED`` claims, advisory-locked migrations,
+and ``LISTEN/NOTIFY`` wake-ups across machines.
+
+A write that makes jobs claimable calls ``pg_notify`` inside its transaction, so the notification
+is delivered at commit and only if it commits. Each queue object listens on one connection of its
+own; a notification wakes its waiters at once. Notifications can be lost (the listening connection
+drops, the server restarts), so waiters also claim on a slow poll: a lost notification delays a
+job by at most ``SLOW_POLL`` seconds, it never strands it. The listener reconnects by itself.
+"""
 
 from __future__ import annotations
 
-import itertools
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 from sqlalchemy import Select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -14,8 +24,16 @@ from .base import Backend
 
 __all__ = ["PostgresBackend"]
 
+logger = logging.getLogger(__name__)
+
 # An arbitrary constant key that names "persistq schema migration" among advisory locks.
 _SCHEMA_LOCK_KEY = 0x70713031
+#: The channel every put notifies; the payload is the queue's name.
+CHANNEL = "persistq_jobs"
+#: Without notifications (listener down, or one lost), waiters still claim this often.
+SLOW_POLL = 2.0
+#: Seconds between attempts to reconnect a lost listener.
+RECONNECT_DELAY = 1.0
 
 
 class PostgresBackend(Backend):
@@ -25,7 +43,12 @@ class PostgresBackend(Backend):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ticks = itertools.count()
+        self._changes = 0
+        self._last_poll = -float("inf")
+        self._listener: Any = None
+        self._on_work: Callable[[str], None] | None = None
+        self._next_connect = -float("inf")
+        self._closing = False
 
     def create_engine(self) -> AsyncEngine:
         """A small pool; ``pool_pre_ping`` replaces connections lost in a server restart."""
@@ -42,9 +65,78 @@ class PostgresBackend(Backend):
         """Rows another claimer holds are skipped, not waited for."""
         return select.with_for_update(skip_locked=True)
 
+    def notify_work(self, conn: Connection, queue: str) -> None:
+        """``pg_notify`` at commit: consumers on every machine wake up."""
+        conn.execute(
+            text("SELECT pg_notify(:channel, :queue)"), {"channel": CHANNEL, "queue": queue}
+        )
+
+    async def start_watching(self, on_work: Callable[[str], None]) -> None:
+        """Listen on :data:`CHANNEL`; failures are logged and retried, never raised."""
+        self._on_work = on_work
+        await self._connect_listener()
+
+    async def _connect_listener(self) -> None:
+        if self._listener is not None or self._closing:
+            return
+        now = anyio.current_time()
+        if now < self._next_connect:
+            return
+        self._next_connect = now + RECONNECT_DELAY
+        import asyncpg  # the postgres extra; imported here so SQLite users never need it
+
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            with anyio.fail_after(max(5.0, self.options.busy_timeout)):
+                listener = await asyncpg.connect(dsn)
+            await listener.add_listener(CHANNEL, self._notified)
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            logger.warning(
+                "cannot listen for notifications on %s (%s); polling every %.0fs",
+                self.describe(),
+                exc,
+                SLOW_POLL,
+                extra={"action": "listener_failed"},
+            )
+            return
+        listener.add_termination_listener(self._terminated)
+        self._listener = listener
+        self._changes += 1  # anything may have happened while nobody listened
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, queue: str) -> None:
+        self._changes += 1
+        if self._on_work is not None:
+            self._on_work(queue)
+
+    def _terminated(self, _conn: Any) -> None:
+        logger.warning(
+            "the notification listener on %s was disconnected; reconnecting",
+            self.describe(),
+            extra={"action": "listener_failed"},
+        )
+        self._listener = None
+
+    async def stop_watching(self) -> None:
+        """Close the listening connection."""
+        self._closing = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await listener.close(timeout=5)
+                except (OSError, TimeoutError, RuntimeError):
+                    listener.terminate()
+
     async def change_token(self, conn: AsyncConnection | None) -> int:
-        """No cheap change counter: every poll counts as a change, so waiters re-claim."""
-        return next(self._ticks)
+        """Counts notifications; moves on its own every :data:`SLOW_POLL` seconds (and on every
+        call while the listener is down), so a lost notification only delays a claim."""
+        if self._listener is None and self._on_work is not None:
+            await self._connect_listener()
+        now = anyio.current_time()
+        if self._listener is None or now - self._last_poll >= SLOW_POLL:
+            self._last_poll = now
+            self._changes += 1
+        return self._changes
 
     def is_busy(self, exc: BaseException) -> bool:
         """Serialization failures and deadlocks, which PostgreSQL asks the client to retry."""
