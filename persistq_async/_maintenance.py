@@ -100,6 +100,8 @@ class Heartbeat(Service):
             with anyio.CancelScope(shield=True):
                 await job.extend(lease)
         except LeaseLost:
+            if job.finished:
+                return  # acked or nacked while the extension waited: not a lost lease
             log_event(
                 logger,
                 logging.WARNING,

@@ -226,6 +226,7 @@ class ThreadWriter(Writer):
         self._pending: deque[Op[Any]] = deque()
         self._requests: stdlib_queue.SimpleQueue[list[Op[Any]] | None] = stdlib_queue.SimpleQueue()
         self._busy = False
+        self._scheduled = False
         self._closing = False
         self._idle = anyio.Event()
         self._idle.set()
@@ -284,7 +285,21 @@ class ThreadWriter(Writer):
             except SQLAlchemyError:
                 logger.debug("closing the write connection failed", exc_info=True)
 
+    def _schedule(self) -> None:
+        # Dispatch after the callbacks already queued on the loop have run: tasks woken by the
+        # last commit (executors acking, a pool refilling its slots) join the same batch, so
+        # one fsync serves them all.
+        if not self._busy and not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._dispatch)
+
     def _dispatch(self) -> None:
+        self._scheduled = False
+        if self._busy or not self._pending:
+            if not self._busy:
+                self._idle.set()
+            return
         count = min(MAX_BATCH, len(self._pending))
         batch = [self._pending.popleft() for _ in range(count)]
         self._busy = True
@@ -295,7 +310,7 @@ class ThreadWriter(Writer):
         for op in batch:
             op.finish()
         if self._pending:
-            self._dispatch()
+            self._schedule()
         else:
             self._idle.set()
 
@@ -305,8 +320,7 @@ class ThreadWriter(Writer):
         self._pending.append(op)
         if self._idle.is_set():
             self._idle = anyio.Event()
-        if not self._busy:
-            self._dispatch()
+        self._schedule()
 
     async def run(self, op: Op[T]) -> T:
         """Submit ``op`` to the next batch and wait for its commit."""
@@ -337,7 +351,7 @@ class ThreadWriter(Writer):
         if thread is None:
             return
         with anyio.CancelScope(shield=True):
-            while self._busy or self._pending:
+            while self._busy or self._pending or self._scheduled:
                 await self._idle.wait()
             self._requests.put(None)
             await anyio.to_thread.run_sync(thread.join)
