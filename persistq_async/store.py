@@ -986,6 +986,8 @@ class JobStore:
         """Delete finished jobs (all queues) that finished before ``older_than`` (epoch seconds)."""
 
         def run(conn: Connection) -> int:
+            if not self.backend.try_lock_maintenance(conn):
+                return 0  # another process is cleaning right now
             ids = list(
                 conn.execute(
                     select(jobs.c.id)

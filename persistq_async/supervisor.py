@@ -35,8 +35,9 @@ E = TypeVar("E", bound=BaseException)
 
 #: Seconds running handlers get to finish when a pool stops.
 DEFAULT_GRACE = 10.0
-#: Restart intensity: more than this many claim-loop restarts ...
-DEFAULT_MAX_RESTARTS = 5
+#: Restart intensity: more than this many claim-loop restarts ... (with the backoff below, a
+#: database outage of about 40 seconds is ridden out; a longer one stops the supervisor)
+DEFAULT_MAX_RESTARTS = 10
 #: ... within this many seconds, and the supervisor gives up.
 DEFAULT_RESTART_PERIOD = 60.0
 
@@ -273,7 +274,7 @@ class Supervisor:
                 f"pool {pool.name!r} crashed {len(self._restarts)} times within "
                 f"{self.restart_period}s; last error: {type(exc).__name__}: {exc}"
             ) from exc
-        delay = min(5.0, 0.05 * 2 ** (len(self._restarts) - 1))
+        delay = min(10.0, 0.1 * 2 ** (len(self._restarts) - 1))
         log_event(
             logger,
             logging.WARNING,

@@ -72,6 +72,11 @@ class Backend(abc.ABC):
     async def stop_watching(self) -> None:  # noqa: B027 - optional hook
         """Stop what :meth:`start_watching` began."""
 
+    def try_lock_maintenance(self, conn: Connection) -> bool:
+        """Inside a write transaction: whether this process may run the cleaner now (one
+        process at a time where many share the database)."""
+        return True
+
     def needs_watch_connection(self) -> bool:
         """Whether :meth:`change_token` needs a connection of its own."""
         return False

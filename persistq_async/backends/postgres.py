@@ -26,8 +26,10 @@ __all__ = ["PostgresBackend"]
 
 logger = logging.getLogger(__name__)
 
-# An arbitrary constant key that names "persistq schema migration" among advisory locks.
+# Arbitrary constant keys that name "persistq schema migration" and "persistq cleaning" among
+# advisory locks.
 _SCHEMA_LOCK_KEY = 0x70713031
+_CLEAN_LOCK_KEY = 0x70713032
 #: The channel every put notifies; the payload is the queue's name.
 CHANNEL = "persistq_jobs"
 #: Without notifications (listener down, or one lost), waiters still claim this often.
@@ -64,6 +66,13 @@ class PostgresBackend(Backend):
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """Rows another claimer holds are skipped, not waited for."""
         return select.with_for_update(skip_locked=True)
+
+    def try_lock_maintenance(self, conn: Connection) -> bool:
+        """A transaction-scoped advisory lock: while one worker cleans, the others skip."""
+        locked = conn.execute(
+            text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _CLEAN_LOCK_KEY}
+        ).scalar_one()
+        return bool(locked)
 
     def notify_work(self, conn: Connection, queue: str) -> None:
         """``pg_notify`` at commit: consumers on every machine wake up."""
