@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from ._crash import crash_point
 from .errors import DatabaseError, PersistQError, QueueClosed, SchemaError
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Op(Generic[T]):
         "error",
         "finished",
         "fn",
+        "kind",
         "on_abandon",
         "on_commit",
         "result",
@@ -90,8 +92,12 @@ class Op(Generic[T]):
         fn: Callable[[Connection], T],
         on_commit: Callable[[T], None] | None = None,
         on_abandon: Callable[[T], None] | None = None,
+        *,
+        kind: str = "write",
     ) -> None:
         self.fn = fn
+        #: What the operation is (put, claim, ack...), for crash points and diagnostics.
+        self.kind = kind
         self.on_commit = on_commit
         self.on_abandon = on_abandon
         self.done = anyio.Event()
@@ -158,6 +164,8 @@ def run_batch(
                     failed = op
                     break
             if failed is None:
+                if any(op.kind == "put" for op in remaining):
+                    crash_point("mid-put")
                 conn.commit()
                 return
             conn.rollback()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._checks import check_seconds
+from ._crash import crash_point
 from ._types import JobState
 from .errors import JobAlreadyFinished, SerializationError
 from .monitoring import log_event
@@ -226,7 +227,9 @@ class Job:
         """
         self._check("ack")
         data = None if result is None else self._serializer.dumps(result)
+        crash_point("before-ack")
         await self._store.ack(self.id, self._token, data)
+        crash_point("after-ack-commit")
         self._finished = "acked"
         log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)
 

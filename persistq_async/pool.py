@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._checks import check_float, check_int, check_name
+from ._crash import crash_point
 from .errors import (
     ArgumentTypeError,
     JobAlreadyFinished,
@@ -309,6 +310,7 @@ class Pool:
         returned = False
         try:
             with execution.scope:
+                crash_point("mid-handler")
                 result = await self.handler(job)
                 returned = True
         except Exception as exc:

@@ -23,6 +23,7 @@ from ._checks import (
     check_optional_str,
     check_seconds,
 )
+from ._crash import crash_point
 from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
@@ -313,6 +314,8 @@ class Queue:
             else check_float("lease_seconds", lease_seconds, positive=True)
         )
         result = await store.claim(self.name, limit, lease)
+        if result.records:
+            crash_point("after-claim-commit")
         claimed: list[Job] = []
         for record in result.records:
             job = self._job(record)

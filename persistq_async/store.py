@@ -453,9 +453,10 @@ class JobStore:
         *,
         on_commit: Callable[[T], None] | None = None,
         on_abandon: Callable[[T], None] | None = None,
+        kind: str = "write",
     ) -> T:
         writer = self._check_open()
-        return await writer.run(Op(fn, on_commit, on_abandon))
+        return await writer.run(Op(fn, on_commit, on_abandon, kind=kind))
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -578,7 +579,9 @@ class JobStore:
     async def put(self, queue: str, new: Sequence[NewJob]) -> list[int]:
         """Insert jobs in one transaction; returns their ids (or the dedupe holders' ids)."""
         return await self._write(
-            self._put_fn(queue, new), on_commit=lambda _ids: self._notify(queue, work=True)
+            self._put_fn(queue, new),
+            on_commit=lambda _ids: self._notify(queue, work=True),
+            kind="put",
         )
 
     async def put_in(
@@ -639,7 +642,7 @@ class JobStore:
                 handbacks.append(op)
                 writer.submit_nowait(op)
 
-        op = Op(self._claim_fn(queue, limit, lease_seconds), None, abandon)
+        op = Op(self._claim_fn(queue, limit, lease_seconds), None, abandon, kind="claim")
         try:
             return await writer.run(op)
         except BaseException as exc:
