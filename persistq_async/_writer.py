@@ -227,8 +227,10 @@ class ThreadWriter(Writer):
         *,
         where: str,
         is_busy: Callable[[BaseException], bool],
+        maintain: Callable[[Connection], None] | None = None,
     ) -> None:
         self._connect = connect
+        self._maintain = maintain
         self._where = where
         self._is_busy = is_busy
         self._pending: deque[Op[Any]] = deque()
@@ -283,6 +285,11 @@ class ThreadWriter(Writer):
                 if batch is None:
                     return
                 run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
+                if self._maintain is not None:
+                    try:
+                        self._maintain(conn)
+                    except Exception:  # housekeeping must never stop the writer
+                        logger.debug("writer housekeeping failed", exc_info=True)
                 try:
                     loop.call_soon_threadsafe(self._completed, batch)
                 except RuntimeError:  # the event loop is gone; nobody is waiting any more

@@ -41,6 +41,12 @@ ACTIONS = frozenset(
         "pool_resized",
         "pool_restarted",
         "supervisor_gave_up",
+        "service_failed",
+        "listener_failed",
+        "wal_growing",
+        "worker_started",
+        "worker_stopping",
+        "worker_stopped",
     }
 )
 

@@ -310,7 +310,10 @@ class JobStore:
                 write_engine = self.backend.create_write_engine()
                 if write_engine is not None:
                     writer = ThreadWriter(
-                        write_engine.connect, where=self.where, is_busy=self.backend.is_busy
+                        write_engine.connect,
+                        where=self.where,
+                        is_busy=self.backend.is_busy,
+                        maintain=getattr(self.backend, "maintain_wal", None),
                     )
                     try:
                         await writer.start(self._create_schema)

@@ -14,8 +14,10 @@ Pragmas, and why:
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,16 +33,66 @@ from .base import Backend
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["SQLiteBackend"]
+__all__ = ["WAL_CHECK_INTERVAL", "WAL_WARN_BYTES", "SQLiteBackend"]
+
+logger = logging.getLogger(__name__)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+#: The WAL size past which a checkpoint that cannot finish is reported.
+WAL_WARN_BYTES = 64 * 1024 * 1024
+#: Seconds between two checks of the WAL by the writer.
+WAL_CHECK_INTERVAL = 5.0
 
 
 class SQLiteBackend(Backend):
     """An SQLite file: one writer connection per queue, a few readers."""
 
     name = "sqlite"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wal_checked = 0.0
+        self._wal_warned = 0
+
+    def maintain_wal(self, conn: Connection) -> None:
+        """On the writer thread after commits: notice a WAL that checkpoints cannot shrink.
+
+        Auto-checkpoints copy the WAL back into the database every 1000 pages and
+        ``journal_size_limit`` truncates it, so it stays small, unless a reader holds a snapshot
+        open (a long read transaction): the checkpoint cannot pass it, and the WAL grows with
+        every commit. Say so, loudly, once per doubling.
+        """
+        now = time.monotonic()
+        if now - self._wal_checked < WAL_CHECK_INTERVAL:
+            return
+        self._wal_checked = now
+        try:
+            size = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return
+        if size < WAL_WARN_BYTES or size < 2 * self._wal_warned:
+            return
+        # On the DBAPI cursor: outside any transaction, which a checkpoint needs.
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _busy, frames, done = cursor.fetchone()
+        finally:
+            cursor.close()
+        if frames > 0 and done < frames:
+            self._wal_warned = size
+            logger.warning(
+                "the WAL of %s is %.0f MiB and checkpoints cannot keep up (%d of %d frames): "
+                "another connection is holding a read transaction open",
+                self.path,
+                size / 2**20,
+                done,
+                frames,
+                extra={"action": "wal_growing", "wal_bytes": size},
+            )
 
     @property
     def path(self) -> Path:

@@ -1,0 +1,58 @@
+"""The WAL stays bounded, and a reader that pins it is reported."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import persistq_async as pq
+from persistq_async.backends import sqlite as sqlite_backend
+
+
+async def _put_until(q: pq.Queue, wal: Path, size: int) -> None:
+    for _ in range(400):
+        await q.put_many([{"pad": "x" * 200, "n": n} for n in range(50)])
+        if wal.exists() and wal.stat().st_size >= size:
+            return
+    raise AssertionError(f"the WAL never reached {size} bytes")
+
+
+async def test_a_reader_pinning_the_wal_is_reported(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "WAL_WARN_BYTES", 256 * 1024)
+    monkeypatch.setattr(sqlite_backend, "WAL_CHECK_INTERVAL", 0.0)
+    wal = Path(f"{db_path}-wal")
+    async with pq.Queue(db_path, name="wal") as q:
+        await q.put({"n": 0})
+        reader = sqlite3.connect(db_path)
+        try:
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM persistq_jobs").fetchone()  # holds a snapshot
+            with caplog.at_level(logging.WARNING, logger="persistq_async"):
+                await _put_until(q, wal, 1024 * 1024)
+                await q.put({"n": 1})  # one more commit after the size check passed
+        finally:
+            reader.close()
+    warnings = [r for r in caplog.records if getattr(r, "action", None) == "wal_growing"]
+    assert warnings, "no wal_growing warning while a reader pinned the WAL"
+    assert "read transaction" in warnings[0].getMessage()
+
+
+async def test_without_a_pinning_reader_there_is_no_warning_and_the_wal_is_bounded(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "WAL_WARN_BYTES", 256 * 1024)
+    monkeypatch.setattr(sqlite_backend, "WAL_CHECK_INTERVAL", 0.0)
+    wal = Path(f"{db_path}-wal")
+    async with pq.Queue(db_path, name="wal") as q:
+        with caplog.at_level(logging.WARNING, logger="persistq_async"):
+            for _ in range(40):
+                await q.put_many([{"pad": "x" * 200, "n": n} for n in range(200)])
+        # Auto-checkpoints keep reusing the WAL from its start: it stays near 1000 pages.
+        assert os.path.getsize(wal) < 8 * 1024 * 1024
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "wal_growing"]
