@@ -79,7 +79,8 @@ class SQLiteBackend(Backend):
         cursor = conn.connection.cursor()
         try:
             cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            _busy, frames, done = cursor.fetchone()
+            row: Any = cursor.fetchone()
+            _busy, frames, done = row
         finally:
             cursor.close()
         if frames > 0 and done < frames:
