@@ -14,12 +14,16 @@ pytestmark = pytest.mark.timeout(60)
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def quickstart() -> str:
+def example(heading: str = "## Quickstart") -> str:
     text = README.read_text(encoding="utf-8")
-    section = text.split("## Quickstart", 1)[1]
+    section = text.split(heading, 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert match is not None, "the README's Quickstart has no ```python block"
+    assert match is not None, f"the README's {heading!r} has no ```python block"
     return match.group(1)
+
+
+def quickstart() -> str:
+    return example()
 
 
 def test_the_quickstart_runs_and_prints_what_it_promises(tmp_path: Path) -> None:
@@ -43,3 +47,21 @@ def test_the_quickstart_runs_and_prints_what_it_promises(tmp_path: Path) -> None
     assert len(lines) == 3
     assert (tmp_path / "jobs.db").exists()  # the queue lives in the file it named
     assert "Traceback" not in done.stderr
+
+
+def test_the_transactional_outbox_example_commits_and_rolls_back_with_the_order(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "outbox.py"
+    script.write_text(example("## PostgreSQL and transactional enqueue"), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=45,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # the job of the committed order exists; the rolled-back order left no job
+    assert done.stdout.splitlines() == ["[{'order': 42}]"], done.stdout
