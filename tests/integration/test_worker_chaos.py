@@ -1,0 +1,590 @@
+"""Real ``python -m persistq_async worker`` processes on one SQLite file: kill -9 chaos and pause.
+
+1. *Chaos*: three supervised worker processes (concurrency 4, 1 s leases) drain 300 jobs (due in
+   six waves, 1.5 s apart) while the test SIGKILLs a random one every 0.3-0.6 s and restarts
+   it. Every job ends done, none is lost, no job ran in two places while its lease was valid, and
+   every job whose holder was killed shows an ``expired`` attempt.
+2. *Pause (zombie)*: a worker holding a job is SIGSTOPped past its lease; another worker takes the
+   job and acks it; once resumed, the paused worker's outcome is refused (``LeaseLost``), the job
+   is done exactly once, and the paused worker keeps working and stops cleanly on SIGTERM.
+
+The handler (written into ``tmp_path``) appends one line per event to a per-process log, flushed
+at once: ``start|stop <job id> <pid> <lease token> <attempt> <time.time()> [how]``. A line cut by a
+SIGKILL in mid-write has no newline and is ignored. The database's own audit trail (the
+``persistq_attempts`` rows, read with plain sqlite3) is checked against those logs token by token.
+Every wait is bounded; every child is killed and reaped at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+
+import persistq_async as pq
+
+pytestmark = [pytest.mark.timeout(120)]
+
+QUEUE = "chaos"
+LEASE_SECONDS = 1.0
+JOBS = 300
+WORKERS = 3
+CONCURRENCY = 4
+MIN_KILLS = 6
+#: After this many kills the survivors drain the rest undisturbed (bounds a slow machine's run).
+MAX_KILLS = 30
+#: The jobs become due in waves, 1.5 s apart, so that work is in flight for several seconds
+#: however fast this machine drains them: every kill of the first ones lands on a busy worker.
+WAVES = 6
+WAVE_SECONDS = 1.5
+#: The chaos phase (kills and drain) must be over within this many seconds.
+CHAOS_BUDGET = 40.0
+#: Longest a worker may take to exit after SIGTERM (nothing runs by then).
+EXIT_TIMEOUT = 15.0
+
+HANDLER_MODULE = textwrap.dedent(
+    """
+    import os
+    import random
+    import time
+
+    import anyio
+
+    _log = None
+
+
+    def record(*parts):
+        global _log
+        if _log is None:
+            path = os.path.join(os.environ["CHAOS_LOG_DIR"], f"{os.getpid()}.log")
+            _log = open(path, "a", encoding="utf-8")
+        _log.write(" ".join(str(p) for p in parts) + "\\n")
+        _log.flush()
+
+
+    def event(kind, job, *extra):
+        record(kind, job.id, os.getpid(), job.lease_token, job.attempts, repr(time.time()), *extra)
+
+
+    async def chaos(job):
+        event("start", job)
+        how = "cancelled"
+        try:
+            await anyio.sleep(random.uniform(0.02, 0.05))
+            how = "returned"
+        finally:
+            event("stop", job, how)
+        return {"pid": os.getpid()}
+
+
+    async def zombie(job):
+        # The first delivery waits for a flag file; later ones return at once.
+        event("start", job)
+        how = "cancelled"
+        try:
+            if job.attempts == 1:
+                flag = os.path.join(os.environ["CHAOS_LOG_DIR"], "release")
+                with anyio.fail_after(30):
+                    while not os.path.exists(flag):
+                        await anyio.sleep(0.05)
+            how = "returned"
+        finally:
+            event("stop", job, how)
+        return {"pid": os.getpid()}
+    """
+)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+class WorkerProcess:
+    """One ``persistq worker`` process; its stdout and stderr go to a file."""
+
+    def __init__(self, cmd: list[str], cwd: Path, env: dict[str, str], out_path: Path) -> None:
+        self.out_path = out_path
+        self._out = out_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self.started_at = time.time()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.out_path.read_text(errors="replace")
+
+    def kill(self) -> float:
+        """SIGKILL and reap it; returns the time.time() at which it was certainly dead."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=EXIT_TIMEOUT)
+        return time.time()
+
+    def terminate(self, timeout: float = EXIT_TIMEOUT) -> int:
+        """SIGTERM, then the exit status (fails the test if it does not exit in time)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"worker {self.pid} still running {timeout}s after SIGTERM:\n{self.output()}"
+            )
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)  # also ends a SIGSTOPped process
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=EXIT_TIMEOUT)
+        self._out.close()
+
+
+Launch = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "chaos_jobs.py").write_text(HANDLER_MODULE)
+    (tmp_path / "logs").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def launch(workdir: Path) -> Iterator[Launch]:
+    """Start worker processes; every one is killed (if still running) and reaped at teardown."""
+    started: list[WorkerProcess] = []
+    env = {
+        **os.environ,
+        "PERSISTQ_LEASE_SECONDS": str(LEASE_SECONDS),
+        "CHAOS_LOG_DIR": str(workdir / "logs"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+    def start(handler: str, *, concurrency: int, grace: float = 5.0) -> WorkerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "persistq_async",
+            "worker",
+            f"chaos_jobs:{handler}",
+            "--queue",
+            QUEUE,
+            "--url",
+            str(workdir / "jobs.db"),
+            "--concurrency",
+            str(concurrency),
+            "--grace",
+            str(grace),
+        ]
+        worker = WorkerProcess(cmd, workdir, env, workdir / f"worker-{len(started)}.out")
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.close()
+
+
+# ---------------------------------------------------------------------- logs and database
+
+
+@dataclass
+class Run:
+    """One handler run, from a worker's log, keyed by its lease token."""
+
+    job_id: int
+    pid: int
+    token: str
+    attempt: int
+    start: float
+    stop: float | None = None
+    how: str | None = None  # "returned" or "cancelled"
+
+
+@dataclass
+class AttemptRow:
+    attempt: int
+    token: str
+    outcome: str
+    started_at: float
+    finished_at: float
+
+
+@dataclass
+class Logs:
+    # (job id, lease token) -> run; one claim statement leases a batch under one token
+    runs: dict[tuple[int, str], Run] = field(default_factory=dict)
+    by_pid: dict[int, list[Run]] = field(default_factory=dict)
+
+
+def read_logs(log_dir: Path) -> Logs:
+    logs = Logs()
+    for path in sorted(log_dir.glob("*.log")):
+        text = path.read_text()
+        complete = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        for line in complete.splitlines():
+            kind, job_id, pid, token, attempt, at, *rest = line.split()
+            key = (int(job_id), token)
+            if kind == "start":
+                assert key not in logs.runs, f"delivery {key} started twice: {line}"
+                run = Run(int(job_id), int(pid), token, int(attempt), float(at))
+                logs.runs[key] = run
+                logs.by_pid.setdefault(run.pid, []).append(run)
+            else:
+                assert kind == "stop", line
+                run = logs.runs[key]
+                assert run.stop is None, f"delivery {key} stopped twice"
+                assert run.pid == int(pid)
+                run.stop, run.how = float(at), rest[0]
+    return logs
+
+
+def attempt_rows(db: Path) -> dict[int, list[AttemptRow]]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        rows = conn.execute(
+            "SELECT job_id, attempt, lease_token, outcome, started_at, finished_at "
+            "FROM persistq_attempts ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    found: dict[int, list[AttemptRow]] = {}
+    for job_id, *rest in rows:
+        found.setdefault(job_id, []).append(AttemptRow(*rest))
+    return found
+
+
+def state_counts(db: Path) -> Counter[str]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return Counter(
+            dict(conn.execute("SELECT state, count(*) FROM persistq_jobs GROUP BY state"))
+        )
+    finally:
+        conn.close()
+
+
+def integrity(db: Path) -> str:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def write_lock_free(db: Path, timeout: float) -> bool:
+    """Whether plain sqlite3 gets the write lock within ``timeout`` (then lets it go)."""
+    conn = sqlite3.connect(db, timeout=timeout, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return False
+        raise
+    finally:
+        conn.close()
+
+
+def all_output(workdir: Path) -> str:
+    """The stdout and stderr of every worker started so far, killed ones included."""
+    return "\n".join(p.read_text(errors="replace") for p in sorted(workdir.glob("worker-*.out")))
+
+
+async def all_jobs(q: pq.Queue) -> list[pq.JobInfo]:
+    out: list[pq.JobInfo] = []
+    while True:
+        page = await q.list_jobs(limit=1000, offset=len(out))
+        out += page
+        if len(page) < 1000:
+            return out
+
+
+# ---------------------------------------------------------------------- 1. kill -9 chaos
+
+
+async def test_kill_9_chaos_three_worker_processes_every_job_done_once(
+    workdir: Path, launch: Launch
+) -> None:
+    db = workdir / "jobs.db"
+    seed = int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
+    rng = random.Random(seed)
+    async with pq.Queue(db, name=QUEUE) as q:
+        ids: list[int] = []
+        per_wave = JOBS // WAVES
+        for wave in range(WAVES):
+            ids += await q.put_many(
+                [{"n": n} for n in range(wave * per_wave, (wave + 1) * per_wave)],
+                delay=wave * WAVE_SECONDS,
+            )
+        assert len(ids) == JOBS
+        assert q.options.max_attempts == 5
+
+    slots = [launch("chaos", concurrency=CONCURRENCY) for _ in range(WORKERS)]
+    killed: dict[int, float] = {}  # pid -> time.time() once it was certainly dead
+    kills_with_backlog = 0
+    began = time.monotonic()
+    while (counts := state_counts(db))["done"] < JOBS:
+        elapsed = time.monotonic() - began
+        assert elapsed < CHAOS_BUDGET, (
+            f"chaos not over after {elapsed:.1f}s (seed {seed}): {dict(counts)}, "
+            f"{len(killed)} kills"
+        )
+        for worker in slots:
+            assert worker.proc.poll() is None, (
+                f"worker {worker.pid} exited by itself ({worker.proc.returncode}):\n"
+                + worker.output()
+            )
+        await anyio.sleep(rng.uniform(0.3, 0.6))
+        if len(killed) >= MAX_KILLS:
+            continue  # enough: let the survivors drain what is left
+        # Kill a worker that is up (a booting one holds no job); on a slow machine restarts
+        # take longer, and killing booting workers would only starve the queue.
+        up = [i for i, worker in enumerate(slots) if "worker started" in worker.output()]
+        if not up:
+            continue
+        slot = rng.choice(up)
+        backlog = state_counts(db)["done"] < JOBS
+        killed[slots[slot].pid] = slots[slot].kill()
+        kills_with_backlog += backlog
+        slots[slot] = launch("chaos", concurrency=CONCURRENCY)
+    chaos_seconds = time.monotonic() - began
+
+    # Every survivor stops cleanly on SIGTERM (nothing is running any more), once it is up:
+    # before its signal handler is installed, SIGTERM kills a Python process outright.
+    for worker in slots:
+        wait_for_output(worker, "worker started", within=20)
+        assert worker.terminate() == 0, worker.output()
+
+    assert integrity(db) == "ok"
+    logs = read_logs(workdir / "logs")
+    rows = attempt_rows(db)
+    async with pq.Queue(db, name=QUEUE) as q:
+        infos = {i.id: i for i in await all_jobs(q)}
+
+    # None lost, every job done, none dead, attempts within bounds.
+    assert set(infos) == set(ids)
+    assert Counter(i.state for i in infos.values()) == {pq.JobState.DONE: JOBS}
+    redelivered = 0
+    for job_id, info in infos.items():
+        history = rows.get(job_id, [])
+        where = f"job {job_id} (seed {seed}): {history}"
+        assert 1 <= info.attempts <= info.max_attempts, where
+        # Every delivery left one audit row, numbered 1..n; only the last was acked, and
+        # every earlier one expired (no nack, no release: handlers never fail here).
+        assert [r.attempt for r in history] == list(range(1, info.attempts + 1)), where
+        assert [r.outcome for r in history] == ["expired"] * (info.attempts - 1) + ["acked"], where
+        redelivered += info.attempts - 1
+        acked = history[-1]
+
+        # The acked delivery ran to completion in the process that the result names.
+        run = logs.runs.get((job_id, acked.token))
+        assert run is not None, f"acked token never ran a handler: {where}"
+        assert (run.job_id, run.attempt, run.how) == (job_id, acked.attempt, "returned"), where
+        assert info.result == {"pid": run.pid}, where
+        assert run.stop is not None
+        assert run.stop <= acked.finished_at, where
+
+        # An expired delivery belonged to a process that was killed (its heartbeat kept
+        # the lease of a live one); a handler that started under it did not finish it.
+        for row in history[:-1]:
+            expired_run = logs.runs.get((job_id, row.token))
+            if expired_run is None:
+                continue  # killed between the claim's commit and the handler's first line
+            assert expired_run.pid in killed, (
+                f"lease of live worker {expired_run.pid} expired: {where}"
+            )
+            assert expired_run.job_id == job_id
+            assert row.finished_at >= killed[expired_run.pid], where
+
+        # Never in two places at once: a run lasts from its start to its stop, or to the
+        # death of its process; the runs of one job, in attempt order, do not overlap.
+        job_runs = sorted(
+            (logs.runs[job_id, r.token] for r in history if (job_id, r.token) in logs.runs),
+            key=lambda r: r.attempt,
+        )
+        for earlier, later in itertools.pairwise(job_runs):
+            ended = earlier.stop if earlier.stop is not None else killed.get(earlier.pid)
+            assert ended is not None, f"run {earlier} never ended, its process alive: {where}"
+            assert later.start >= ended, f"{earlier} overlaps {later}: {where}"
+
+    # Every handler run is a delivery the database knows, of the right job and attempt.
+    known = {(job_id, r.token): r.attempt for job_id, h in rows.items() for r in h}
+    for key, run in logs.runs.items():
+        assert known.get(key) == run.attempt, run
+    # Every job whose holder was killed mid-run shows that delivery as expired.
+    interrupted = 0
+    for pid in killed:
+        for run in logs.by_pid.get(pid, []):
+            if run.stop is None:
+                interrupted += 1
+                outcome = {r.token: r.outcome for r in rows[run.job_id]}[run.token]
+                assert outcome == "expired", (run, rows[run.job_id])
+
+    # Every worker's output, the killed ones' included.
+    outputs = all_output(workdir)
+    assert "Traceback" not in outputs
+    assert "outcome not applied" not in outputs  # no live worker lost a lease
+    # The chaos had teeth: kills while jobs were waiting, some of them mid-handler.
+    assert kills_with_backlog >= MIN_KILLS, (kills_with_backlog, len(killed), seed)
+    assert interrupted >= 1
+    assert redelivered >= 1
+    print(
+        f"chaos (seed {seed}): {JOBS} jobs, {len(killed)} kills "
+        f"({kills_with_backlog} with a backlog), {interrupted} handlers interrupted, "
+        f"{redelivered} redeliveries, lost 0, double-acked 0, {chaos_seconds:.1f}s"
+    )
+
+
+# ---------------------------------------------------------------------- 2. pause (zombie)
+
+
+def wait_for_line(log: Path, prefix: str, within: float) -> str:
+    """The first complete line of ``log`` starting with ``prefix`` (fails after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if log.exists():
+            for line in log.read_text().splitlines(keepends=True):
+                if line.startswith(prefix) and line.endswith("\n"):
+                    return line.strip()
+        time.sleep(0.02)
+    pytest.fail(f"no line starting {prefix!r} in {log} within {within}s")
+
+
+def wait_for_output(worker: WorkerProcess, fragment: str, within: float) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        output = worker.output()
+        if fragment in output:
+            return output
+        time.sleep(0.05)
+    pytest.fail(
+        f"worker {worker.pid} did not log {fragment!r} within {within}s:\n{worker.output()}"
+    )
+
+
+def job_state(db: Path, job_id: int) -> tuple[str, str | None]:
+    conn = sqlite3.connect(db, timeout=5)
+    try:
+        state, token = conn.execute(
+            "SELECT state, lease_token FROM persistq_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return str(state), token
+    finally:
+        conn.close()
+
+
+def stop_outside_a_write(worker: WorkerProcess, db: Path) -> float:
+    """SIGSTOP the worker at a moment it holds no SQLite write lock; returns when it stopped.
+
+    A process frozen inside a write transaction would freeze every other writer too: that is
+    SQLite, not the queue's lease logic, which is what this test is about.
+    """
+    for _ in range(20):
+        os.kill(worker.pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        if write_lock_free(db, timeout=0.5):
+            return stopped_at
+        os.kill(worker.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    pytest.fail("the worker held the write lock at every one of 20 SIGSTOPs")
+
+
+async def test_a_paused_worker_past_its_lease_loses_the_job_and_its_outcome_is_refused(
+    workdir: Path, launch: Launch
+) -> None:
+    db = workdir / "jobs.db"
+    logs = workdir / "logs"
+    async with pq.Queue(db, name=QUEUE) as q:
+        job_id = await q.put({"zombie": True})
+
+    a = launch("zombie", concurrency=1)
+    line = wait_for_line(logs / f"{a.pid}.log", f"start {job_id} ", within=20)
+    token_a = line.split()[3]
+    assert line.split()[4] == "1"  # attempt 1
+    assert job_state(db, job_id) == ("running", token_a)
+
+    # Freeze A (its heartbeat with it) for longer than its lease, while B starts.
+    stopped_at = stop_outside_a_write(a, db)
+    b = launch("zombie", concurrency=1)
+    deadline = time.monotonic() + 20
+    while job_state(db, job_id)[0] != "done":
+        assert time.monotonic() < deadline, f"B never finished the job:\n{b.output()}"
+        await anyio.sleep(0.05)
+    # Keep A frozen for at least 1.5x its lease plus the rescue interval (1 s).
+    await anyio.sleep(max(0.0, stopped_at + 1.5 * LEASE_SECONDS + 1.0 - time.time()))
+
+    b_line = wait_for_line(logs / f"{b.pid}.log", f"stop {job_id} ", within=5)
+    _, _, _, token_b, attempt_b, _, how_b = b_line.split()
+    assert (attempt_b, how_b) == ("2", "returned")
+    assert token_b != token_a
+    b_start = float(wait_for_line(logs / f"{b.pid}.log", f"start {job_id} ", within=5).split()[5])
+    assert b_start >= stopped_at + 0.5 * LEASE_SECONDS  # not before A's lease could expire
+    a_log_frozen = (logs / f"{a.pid}.log").read_text()
+    assert a_log_frozen.count("\n") == 1  # only A's start: it was frozen mid-handler
+
+    # Resume A, its handler free to finish at once: its outcome must be refused, whether its
+    # ack loses (LeaseLost: "outcome not applied") or its heartbeat finds the lease gone first.
+    (logs / "release").touch()
+    os.kill(a.pid, signal.SIGCONT)
+    output_a = wait_for_output(a, "lease lost", within=10)
+    a_stop = wait_for_line(logs / f"{a.pid}.log", f"stop {job_id} ", within=10).split()
+    assert a_stop[3] == token_a
+    refused_ack = f"job {job_id}: outcome not applied" in output_a
+    if a_stop[6] == "returned":
+        assert refused_ack, output_a
+    else:
+        assert a_stop[6] == "cancelled"
+        assert f"job {job_id} stopped: lease lost" in output_a, output_a
+    assert f"job {job_id} done in" not in output_a
+
+    history = attempt_rows(db)[job_id]
+    assert [(r.attempt, r.token, r.outcome) for r in history] == [
+        (1, token_a, "expired"),
+        (2, token_b, "acked"),
+    ]
+    async with pq.Queue(db, name=QUEUE) as q:
+        info = await q.job(job_id)
+        assert info is not None
+        assert (info.state, info.attempts, info.result) == (pq.JobState.DONE, 2, {"pid": b.pid})
+        assert [a.outcome for a in info.history] == ["expired", "acked"]
+
+        # A is still a working worker: with B gone, it runs a fresh job to the end.
+        assert b.terminate() == 0, b.output()
+        fresh = await q.put({"after": "resume"})
+        await q.join(timeout=20)
+        info = await q.job(fresh)
+        assert info is not None
+        assert (info.state, info.attempts, info.result) == (pq.JobState.DONE, 1, {"pid": a.pid})
+    assert a.terminate() == 0, a.output()
+    assert "Traceback" not in a.output()
+    assert "Traceback" not in b.output()
+    assert integrity(db) == "ok"
+    print(
+        f"pause: A frozen {b_start - stopped_at:.2f}s before B started the job; A's outcome "
+        f"refused by {'a refused ack' if a_stop[6] == 'returned' else 'its heartbeat'}"
+    )
