@@ -77,6 +77,7 @@ class Op(Generic[T]):
 
     __slots__ = (
         "abandoned",
+        "bulk",
         "done",
         "error",
         "finished",
@@ -94,8 +95,12 @@ class Op(Generic[T]):
         on_abandon: Callable[[T], None] | None = None,
         *,
         kind: str = "write",
+        bulk: Callable[[Connection, list[Op[Any]]], bool] | None = None,
     ) -> None:
         self.fn = fn
+        #: Runs many ops of the same kind at once (one executemany); returns False, having
+        #: written nothing, when they must run one by one instead.
+        self.bulk = bulk
         #: What the operation is (put, claim, ack...), for crash points and diagnostics.
         self.kind = kind
         self.on_commit = on_commit
@@ -152,7 +157,10 @@ def run_batch(
         failed: Op[Any] | None = None
         try:
             conn.begin()
+            done_in_bulk = _run_bulk(conn, remaining)
             for op in remaining:
+                if op in done_in_bulk:
+                    continue
                 try:
                     op.result = op.fn(conn)
                 except PersistQError as exc:
@@ -189,6 +197,19 @@ def run_batch(
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
             return
+
+
+def _run_bulk(conn: Connection, ops: list[Op[Any]]) -> set[Op[Any]]:
+    """Run groups of two or more ops that share a bulk function; return the ops it ran."""
+    groups: dict[Any, list[Op[Any]]] = {}
+    for op in ops:
+        if op.bulk is not None:
+            groups.setdefault(op.bulk, []).append(op)
+    done: set[Op[Any]] = set()
+    for bulk, group in groups.items():
+        if len(group) > 1 and bulk(conn, group):
+            done.update(group)
+    return done
 
 
 def _rollback_quietly(conn: Connection) -> None:

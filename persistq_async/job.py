@@ -151,6 +151,7 @@ class Job:
         "_finished",
         "_lease_seconds",
         "_serializer",
+        "_started_at",
         "_store",
         "_token",
         "attempts",
@@ -192,6 +193,7 @@ class Job:
         self.lease_expires_at: datetime = to_datetime(record.lease_expires_at)  # type: ignore[assignment]
         self._store = store
         self._token: str = record.lease_token
+        self._started_at: float | None = record.started_at
         self._serializer = serializer
         self._backoff = backoff
         self._finished: str | None = None
@@ -228,7 +230,14 @@ class Job:
         self._check("ack")
         data = None if result is None else self._serializer.dumps(result)
         crash_point("before-ack")
-        await self._store.ack(self.id, self._token, data)
+        await self._store.ack(
+            self.id,
+            self._token,
+            data,
+            queue=self.queue,
+            attempt=self.attempts,
+            started_at=self._started_at,
+        )
         crash_point("after-ack-commit")
         self._finished = "acked"
         log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)

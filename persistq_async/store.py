@@ -84,6 +84,16 @@ _FENCE = (
 _CLEARED = {"lease_token": None, "lease_expires_at": None}
 _SPENT = jobs.c.attempts >= jobs.c.max_attempts
 
+_ACK_MANY = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=JobState.DONE.value,
+        result=bindparam("p_result", type_=jobs.c.result.type),
+        finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        **_CLEARED,
+    )
+)
 _ACK = (
     update(jobs)
     .where(*_FENCE)
@@ -289,6 +299,7 @@ class JobStore:
         self._change_events: dict[str, anyio.Event] = {}
         self._cancel_listeners: list[Callable[[str, int], None]] = []
         self._claim = _claim_statement(backend)
+        self._bulk_params: dict[Op[Any], tuple[int, str, bytes | None, str, int, float]] = {}
         self._insert: Any = sqlite_dialect.insert if backend.name == "sqlite" else pg_dialect.insert
 
     # ------------------------------------------------------------------ life cycle
@@ -771,8 +782,20 @@ class JobStore:
             reason = f"the job is {current} now"
         raise LeaseLost(f"job {job_id}: lease lost ({reason}); the outcome was not applied")
 
-    async def ack(self, job_id: int, token: str, result: bytes | None) -> None:
+    async def ack(
+        self,
+        job_id: int,
+        token: str,
+        result: bytes | None,
+        *,
+        queue: str | None = None,
+        attempt: int | None = None,
+        started_at: float | None = None,
+    ) -> None:
         """Mark a delivery done, storing ``result``.
+
+        Given the delivery's ``queue``, ``attempt`` and ``started_at`` (a :class:`Job` knows
+        them), acks committed together are written with one statement each for all of them.
 
         :raises LeaseLost: when the lease is no longer this delivery's.
         """
@@ -787,7 +810,56 @@ class JobStore:
             row = self._settle(conn, _ACK, params, "acked", None)
             return None if row is None else str(row.queue)
 
-        await self._write(run, on_commit=self._changed)
+        writer = self._check_open()
+        op: Op[str | None] = Op(run, self._changed, kind="ack")
+        if queue is not None and attempt is not None and started_at is not None:
+            op.bulk = self._bulk_ack
+            self._bulk_params[op] = (job_id, token, result, queue, attempt, started_at)
+        try:
+            await writer.run(op)
+        finally:
+            self._bulk_params.pop(op, None)
+
+    def _bulk_ack(self, conn: Connection, ops: list[Op[Any]]) -> bool:
+        """Acks of one batch as two executemany statements; False (nothing written) when any of
+        them is not plainly running under its token, so they go one by one and report why."""
+        now = self.clock()
+        found = [self._bulk_params[op] for op in ops]
+        savepoint = conn.begin_nested()
+        try:
+            updated = conn.execute(
+                _ACK_MANY,
+                [
+                    {"p_job_id": job_id, "p_token": token, "p_result": result, "p_now": now}
+                    for job_id, token, result, _, _, _ in found
+                ],
+            ).rowcount
+            if updated != len(ops):
+                savepoint.rollback()
+                return False
+            conn.execute(
+                _INSERT_ATTEMPT,
+                [
+                    {
+                        "job_id": job_id,
+                        "attempt": attempt,
+                        "lease_token": token,
+                        "started_at": started_at,
+                        "finished_at": now,
+                        "outcome": "acked",
+                        "error": None,
+                    }
+                    for job_id, token, _, _, attempt, started_at in found
+                ],
+            )
+            savepoint.commit()
+        except BaseException:
+            if savepoint.is_active:
+                savepoint.rollback()
+            raise
+        for op, (_, _, _, queue, _, _) in zip(ops, found, strict=True):
+            op.result = queue
+        return True
 
     def _changed(self, queue: str | None) -> None:
         if queue is not None:
