@@ -20,7 +20,9 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+import anyio
 from sqlalchemy import Select, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -45,6 +47,24 @@ _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WAL_WARN_BYTES = 64 * 1024 * 1024
 #: Seconds between two checks of the WAL by the writer.
 WAL_CHECK_INTERVAL = 5.0
+
+
+def _foreign_tables(path: Path, mode: str) -> list[str]:
+    """The tables of a database that is not a persistq database ([] for ours or an empty one)."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot read {path}: {exc}") from exc
+    try:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path} cannot be read as an SQLite database: {exc}") from exc
+    finally:
+        conn.close()
+    tables = {str(r[0]) for r in rows}
+    if "persistq_meta" in tables:
+        return []
+    return sorted(t for t in tables if not t.startswith(("persistq_", "sqlite_")))
 
 
 class SQLiteBackend(Backend):
@@ -173,8 +193,34 @@ class SQLiteBackend(Backend):
                 )
             if not os.access(path, os.W_OK):
                 raise DatabaseError(f"cannot open {path}: the file is read-only")
+            if path.stat().st_size > 0:
+                await anyio.to_thread.run_sync(self._probe_existing, path)
         elif not os.access(parent, os.W_OK):
             raise DatabaseError(f"cannot create {path}: directory {parent} is read-only")
+
+    def _probe_existing(self, path: Path) -> None:
+        """Refuse a file that is not ours, or a -wal that does not belong with it, before any
+        read-write connection opens: such a connection would replay the -wal into the file and,
+        on close, checkpoint it, changing a file we meant to leave alone."""
+        with path.open("rb") as fh:
+            header = fh.read(100)
+        app_id = int.from_bytes(header[68:72], "big") if len(header) >= 72 else 0
+        if app_id not in (0, APPLICATION_ID):
+            raise SchemaError(
+                f"{path} belongs to another application (application_id {app_id:#x}); "
+                "refusing to use it as a queue"
+            )
+        wal = Path(f"{path}-wal")
+        # With a -wal in use (another process, or a crash), the main file alone may be mid-
+        # checkpoint: read both, read-only (a read-only connection never checkpoints). Without
+        # one, immutable=1 reads the main file without creating -wal or -shm files.
+        hot = wal.exists() and wal.stat().st_size > 0
+        foreign = _foreign_tables(path, "mode=ro" if hot else "immutable=1")
+        if foreign:
+            raise SchemaError(
+                f"{path} is an SQLite database of something else (tables: "
+                f"{', '.join(foreign[:5])}); refusing to add a queue to it"
+            )
 
     def finish_schema(self, conn: Connection) -> None:
         """Switch a file that is now ours to WAL (persistent; a no-op when it already is)."""

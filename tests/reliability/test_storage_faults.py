@@ -476,15 +476,6 @@ def _foreign_database_after_a_crash(path: Path) -> None:
     source.unlink()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "library bug: refusing a foreign WAL-mode database with a hot -wal still changes it: the "
-        "probe's SQLite connections recover the -wal and, on close, checkpoint it into the file "
-        "and delete it (content kept, bytes changed). The check should run on a read-only "
-        "connection (mode=ro) or refuse from the raw header first"
-    ),
-)
 async def test_a_foreign_database_with_a_hot_wal_is_refused_untouched(db_path: Path) -> None:
     _foreign_database_after_a_crash(db_path)
     before = files(db_path.parent)
@@ -558,12 +549,11 @@ async def _assert_refused_or_intact(db_path: Path, ids: list[int]) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "SQLite does not ignore a -wal from another database: its frames carry the salts of "
-        "their own WAL header, and nothing in a WAL names its database, so the frames are "
-        "replayed over this file. Here every job silently disappears (the other queue's pages "
-        "win), integrity_check is still ok, and the queue opens empty. The library should "
-        "detect it at open (e.g. a per-database id in the header that the raw file and the "
-        "WAL-applied view must agree on) and raise SchemaError naming the -wal"
+        "known limitation (README, Guarantees): SQLite replays a -wal from another database, "
+        "since nothing in a WAL names its database; the pages it carries need not include any "
+        "that would tell (the schema pages were written before WAL mode). Here every job "
+        "silently disappears, integrity_check is still ok, and the queue opens empty. A fix "
+        "needs an identity SQLite cannot give cheaply"
     ),
 )
 async def test_a_wal_from_another_queue_database_is_refused_or_harmless(tmp_path: Path) -> None:
@@ -580,11 +570,11 @@ async def test_a_wal_from_another_queue_database_is_refused_or_harmless(tmp_path
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "an older -wal of the same database put back beside it (say, restored with a backup) "
-        "is replayed over newer pages: integrity_check then reports 'row missing from index', "
-        "but the queue opens without a word and keeps writing to the corrupt file. The library "
-        "should run PRAGMA quick_check when it recovered a hot -wal at open and raise "
-        "SchemaError naming the -wal and the corruption"
+        "known limitation (README, Guarantees): an older -wal of the same database put back "
+        "beside it (restored from a backup) is replayed over newer pages: integrity_check then "
+        "reports 'row missing from index', but the queue opens without a word. Detecting it "
+        "needs a full integrity_check at every open while a -wal exists, which is whenever "
+        "another process has the file open"
     ),
 )
 async def test_an_older_wal_of_the_same_database_is_refused_or_harmless(db_path: Path) -> None:
