@@ -124,6 +124,9 @@ class Pool:
         #: Times the claim loop crashed and was restarted.
         self.restarts: int = 0
         self.executions: dict[int, Execution] = {}
+        # Handlers running now; an execution recording its outcome no longer holds a slot, so
+        # the refill claim can share a transaction with the acks that freed the slots.
+        self._handlers_running = 0
         self._limiter = anyio.CapacityLimiter(self._concurrency)
         self._slot_freed = anyio.Event()
         self._idle = anyio.Event()
@@ -150,7 +153,7 @@ class Pool:
     @property
     def active(self) -> int:
         """Handlers running now."""
-        return len(self.executions)
+        return self._handlers_running
 
     @property
     def stopped(self) -> bool:
@@ -172,7 +175,7 @@ class Pool:
         )
 
     def _free_slots(self) -> int:
-        return max(0, self._concurrency - len(self.executions))
+        return max(0, self._concurrency - self._handlers_running)
 
     def _wake_claimer(self) -> None:
         self._slot_freed.set()
@@ -294,6 +297,7 @@ class Pool:
             job=job, scope=anyio.CancelScope(deadline=deadline), started_at=now, deadline=deadline
         )
         self.executions[job.id] = execution
+        self._handlers_running += 1
         self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._tg.start_soon(self._execute, execution, name=f"persistq job {job.id}")
 
@@ -316,6 +320,8 @@ class Pool:
         except Exception as exc:
             error = exc
         finally:
+            self._handlers_running -= 1
+            self._wake_claimer()
             if (
                 not returned
                 and error is None
@@ -338,7 +344,6 @@ class Pool:
                     )
             del self.executions[job.id]
             self.processed += 1
-            self._wake_claimer()
             if not self.executions:
                 self._idle.set()
 

@@ -380,7 +380,9 @@ class Queue:
             due = anyio.current_time() + max(0.0, next_due_at - store.clock())
         while True:
             now = anyio.current_time()
-            limits = [now + self.options.poll_interval]
+            # Look twice per poll_interval: another process's commit is then seen within
+            # poll_interval at worst and half of it on average (PRAGMA data_version is cheap).
+            limits = [now + self.options.poll_interval / 2]
             limits += [t for t in (deadline, due) if t is not None]
             with anyio.move_on_after(max(0.0, min(limits) - now)):
                 await event.wait()

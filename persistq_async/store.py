@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal_column,
     select,
     update,
 )
@@ -173,7 +174,10 @@ def _claim_statement(backend: Backend) -> Any:
         .where(
             jobs.c.queue == bindparam("p_queue", type_=jobs.c.queue.type),
             QUEUED,
-            jobs.c.run_at <= bindparam("p_now", type_=jobs.c.run_at.type),
+            # The unary plus keeps SQLite from choosing the run_at index and sorting every due
+            # row: walking the ready index in priority order stops after LIMIT rows.
+            literal_column("+persistq_jobs.run_at", type_=jobs.c.run_at.type)
+            <= bindparam("p_now", type_=jobs.c.run_at.type),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.id)
         .limit(bindparam("p_limit", type_=Integer()))
@@ -299,7 +303,6 @@ class JobStore:
         self._change_events: dict[str, anyio.Event] = {}
         self._cancel_listeners: list[Callable[[str, int], None]] = []
         self._claim = _claim_statement(backend)
-        self._bulk_params: dict[Op[Any], tuple[int, str, bytes | None, str, int, float]] = {}
         self._insert: Any = sqlite_dialect.insert if backend.name == "sqlite" else pg_dialect.insert
 
     # ------------------------------------------------------------------ life cycle
@@ -521,7 +524,7 @@ class JobStore:
         self._check_open()
         async with self._watch_lock:
             now = anyio.current_time()
-            if now - self._watch_checked >= self.options.poll_interval / 2:
+            if now - self._watch_checked >= self.options.poll_interval / 4:
                 try:
                     with anyio.CancelScope(shield=True):
                         self._watch_value = await self.backend.change_token(self._watch_conn)
@@ -814,17 +817,14 @@ class JobStore:
         op: Op[str | None] = Op(run, self._changed, kind="ack")
         if queue is not None and attempt is not None and started_at is not None:
             op.bulk = self._bulk_ack
-            self._bulk_params[op] = (job_id, token, result, queue, attempt, started_at)
-        try:
-            await writer.run(op)
-        finally:
-            self._bulk_params.pop(op, None)
+            op.data = (job_id, token, result, queue, attempt, started_at)
+        await writer.run(op)
 
     def _bulk_ack(self, conn: Connection, ops: list[Op[Any]]) -> bool:
         """Acks of one batch as two executemany statements; False (nothing written) when any of
         them is not plainly running under its token, so they go one by one and report why."""
         now = self.clock()
-        found = [self._bulk_params[op] for op in ops]
+        found = [op.data for op in ops]
         savepoint = conn.begin_nested()
         try:
             updated = conn.execute(
