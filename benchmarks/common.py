@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "Comparison",
     "Deadline",
+    "Limit",
     "Sample",
     "Scenario",
     "Sizes",
@@ -43,6 +44,22 @@ class Sizes:
     cycles: int
     consumers: int
     time_cap: float
+    #: Jobs the Supervisor-pool cycle drains (time from first claim to ``join()`` returning).
+    pool_jobs: int = 20_000
+    pool_concurrency: int = 64
+    #: Safety cap on one pool drain (it normally finishes all ``pool_jobs`` well before).
+    pool_cap: float = 60.0
+    #: Put-to-handler-start latency samples: same process, and from a child process.
+    latency_samples: int = 200
+    remote_samples: int = 100
+    #: Jobs waiting in the two backlog scenarios; the large one is ``--backlog N``.
+    backlog_small: int = 10_000
+    backlog_large: int = 1_000_000
+    #: Jobs drained (the first ones) from each backlog, and the time cap on that drain.
+    backlog_drain: int = 20_000
+    backlog_cap: float = 20.0
+    #: put_many batch used to pre-fill the backlogs.
+    backlog_batch: int = 10_000
 
     @classmethod
     def full(cls) -> Sizes:
@@ -70,15 +87,28 @@ class Sizes:
             cycles=500,
             consumers=64,
             time_cap=0.4,
+            pool_jobs=2_000,
+            pool_cap=10.0,
+            latency_samples=50,
+            remote_samples=30,
+            backlog_small=10_000,
+            backlog_large=100_000,
+            backlog_drain=3_000,
+            backlog_cap=4.0,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One timed measurement: ``ops`` jobs in ``seconds`` of wall-clock time."""
+    """One timed measurement: ``ops`` jobs in ``seconds`` of wall-clock time.
+
+    ``extra`` holds other figures of the same measurement (latency percentiles in ms, peak RSS
+    in MB, pre-fill time, ...), keyed by name; the report shows their medians over repeats.
+    """
 
     ops: int
     seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -100,6 +130,15 @@ class Comparison:
     target: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """An absolute target on one of a scenario's ``extra`` figures: ``value <= bound``."""
+
+    metric: str
+    bound: float
+    label: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     """A named measurement of one system.
@@ -114,6 +153,11 @@ class Scenario:
     durability: str | None
     run: Callable[[Path, Sizes], Sample]
     compare: tuple[Comparison, ...] = ()
+    limits: tuple[Limit, ...] = ()
+    #: "rate": the headline figure is jobs/s; "latency": it is the p50/p99 in ``extra``.
+    metric: str = "rate"
+    #: ``extra`` figures shown in the table beside the headline, as (key, format) pairs.
+    show: tuple[tuple[str, str], ...] = ()
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
