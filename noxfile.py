@@ -69,3 +69,21 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: `nox -s bench -- ARGS` runs `python benchmarks/run.py ARGS`."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The long reliability run: tests/reliability/test_chaos.py with 30 minutes of kill -9 chaos
+    (at least 3,000 kills; PERSISTQ_CHAOS_SECONDS overrides the duration). Figures are printed
+    (-s) and written as JSON under pytest's tmp_path; extra args go to pytest."""
+    session.install("-e", ".[test]")
+    seconds = os.environ.get("PERSISTQ_CHAOS_SECONDS", "1800")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests/reliability/test_chaos.py",
+        "-s",
+        *session.posargs,
+        env={"PERSISTQ_CHAOS_SECONDS": seconds},
+    )
