@@ -95,17 +95,8 @@ _ACK_MANY = (
         **_CLEARED,
     )
 )
-_ACK = (
-    update(jobs)
-    .where(*_FENCE)
-    .values(
-        state=JobState.DONE.value,
-        result=bindparam("p_result", type_=jobs.c.result.type),
-        finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
-        **_CLEARED,
-    )
-    .returning(*_SETTLED_COLUMNS)
-)
+# Without RETURNING for executemany (bulk acks); with it for one ack that must explain a miss.
+_ACK = _ACK_MANY.returning(*_SETTLED_COLUMNS)
 _NACK = (
     update(jobs)
     .where(*_FENCE)
