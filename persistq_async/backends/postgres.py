@@ -118,6 +118,8 @@ class PostgresBackend(Backend):
             self._on_work(queue)
 
     def _terminated(self, _conn: Any) -> None:
+        if self._closing:
+            return  # our own close, not a lost connection
         logger.warning(
             "the notification listener on %s was disconnected; reconnecting",
             self.describe(),
