@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -89,3 +90,12 @@ async def test_a_lost_listener_falls_back_to_polling_and_reconnects(
                 await q.store.change_token()
                 await anyio.sleep(0.1)
         assert backend._listener is not listener
+
+
+async def test_closing_a_queue_does_not_report_its_listener_lost(
+    pg_url: str, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="persistq_async"):
+        async with pq.Queue(pg_url, name=queue_name) as q:
+            await q.put({"n": 1})
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "listener_failed"]
