@@ -87,3 +87,12 @@ def chaos(session: nox.Session) -> None:
         *session.posargs,
         env={"PERSISTQ_CHAOS_SECONDS": seconds},
     )
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The soak run (minutes; not in CI): `nox -s soak -- [--minutes M] [--db PATH] [--json PATH]`
+    runs `python benchmarks/soak.py` (steady load at 70% of the measured maximum, 1% nacks, RSS,
+    WAL, open files, claim p99, no loss, and a WAL-pinning reader). Exits 1 if a criterion fails."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/soak.py", *session.posargs)
