@@ -84,7 +84,7 @@ class Heartbeat(Service):
             (execution, pool.queue.options.lease_seconds)
             for pool in self.pools()
             for execution in list(pool.executions.values())
-            if not execution.unresponsive and execution.reason is None
+            if not execution.unresponsive and execution.reason is None and not execution.settling
         ]
         if not beats:
             return
@@ -94,14 +94,14 @@ class Heartbeat(Service):
 
     async def _beat(self, execution: Execution, lease: float) -> None:
         job = execution.job
-        if job.finished:
+        if job.finished or execution.settling:
             return
         try:
             with anyio.CancelScope(shield=True):
                 await job.extend(lease)
         except LeaseLost:
-            if job.finished:
-                return  # acked or nacked while the extension waited: not a lost lease
+            if job.finished or execution.settling:
+                return  # its outcome was recorded while the extension waited: not a lost lease
             log_event(
                 logger,
                 logging.WARNING,

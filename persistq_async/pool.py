@@ -68,6 +68,8 @@ class Execution:
     #: extended, so another consumer gets the job once the lease runs out.
     unresponsive: bool = False
     warned: bool = field(default=False)
+    #: The handler has returned (or raised): its outcome is being recorded.
+    settling: bool = False
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the handler; the first reason given is the one recorded."""
@@ -320,6 +322,7 @@ class Pool:
         except Exception as exc:
             error = exc
         finally:
+            execution.settling = True
             self._handlers_running -= 1
             self._wake_claimer()
             if (
