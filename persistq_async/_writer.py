@@ -131,8 +131,13 @@ class Op(Generic[T]):
             self.on_abandon(self.result)  # type: ignore[arg-type]
 
     def finish(self) -> None:
-        """Run the post-commit hooks and wake the caller; on the event loop's thread."""
+        """Wake the caller, then run the post-commit hooks; on the event loop's thread.
+
+        The caller first: a task woken by the hooks' notifications (``join()``, say) then finds
+        the caller's own bookkeeping after the write already done.
+        """
         self.finished = True
+        self.done.set()
         if self.error is None:
             try:
                 if self.on_commit is not None:
@@ -141,7 +146,6 @@ class Op(Generic[T]):
                     self.on_abandon(self.result)  # type: ignore[arg-type]
             except Exception:  # a wake-up must never break the writer
                 logger.exception("post-commit hook failed")
-        self.done.set()
 
 
 def run_batch(
@@ -215,6 +219,18 @@ def _run_bulk(conn: Connection, ops: list[Op[Any]]) -> set[Op[Any]]:
         if len(group) > 1 and bulk(conn, group):
             done.update(group)
     return done
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)
 
 
 def _rollback_quietly(conn: Connection) -> None:
@@ -406,7 +422,13 @@ class ThreadWriter(Writer):
 
 
 class DirectWriter(Writer):
-    """Each operation in its own transaction on a pooled connection, in the caller's task."""
+    """Writes on a pooled connection in the callers' tasks, batched by a leader.
+
+    The first caller to find no batch running becomes the leader: it runs every pending
+    operation in one transaction, then the ones that arrived meanwhile, until none is left. The
+    others wait for their operation, or for the leader to go (say it was cancelled by asyncio's
+    own ``Task.cancel``, which pierces anyio's shield), and then lead themselves.
+    """
 
     def __init__(
         self, engine: AsyncEngine, *, where: str, is_busy: Callable[[BaseException], bool]
@@ -414,51 +436,81 @@ class DirectWriter(Writer):
         self._engine = engine
         self._where = where
         self._is_busy = is_busy
-        self._deferred: deque[Op[Any]] = deque()
+        self._pending: deque[Op[Any]] = deque()
+        self._leading = False
+        self._leader_gone = anyio.Event()
         self._closing = False
 
-    async def _execute(self, op: Op[Any]) -> None:
+    async def _execute(self, batch: list[Op[Any]]) -> None:
         try:
             async with self._engine.connect() as conn:
                 await conn.run_sync(
                     lambda sync_conn: run_batch(
-                        sync_conn,
-                        [op],
-                        where=self._where,
-                        is_busy=self._is_busy,
-                        sleep=None,
+                        sync_conn, batch, where=self._where, is_busy=self._is_busy, sleep=None
                     )
                 )
         except DBAPIError as exc:
-            op.error = wrap_db_error(exc, "connecting", self._where)
+            error: BaseException = wrap_db_error(exc, "connecting", self._where)
         except OSError as exc:
-            op.error = DatabaseError(f"connecting failed on {self._where}: {exc}")
-        op.finish()
+            error = DatabaseError(f"connecting failed on {self._where}: {exc}")
+        else:
+            for op in batch:
+                op.finish()
+            return
+        for op in batch:
+            op.error = error
+            op.finish()
+
+    async def _lead(self, mine: Op[Any]) -> None:
+        # Lead only until this caller's own op is done: then the caller gets on with its work
+        # and a waiter takes over the rest.
+        self._leading = True
+        batch: list[Op[Any]] = []
+        try:
+            while self._pending and not mine.finished:
+                count = min(MAX_BATCH, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(count)]
+                await self._execute(batch)
+        finally:
+            for op in batch:
+                if not op.finished:  # the leader was interrupted mid-batch
+                    op.error = DatabaseError("the write was interrupted; it was not applied")
+                    op.finish()
+            self._leading = False
+            self._leader_gone.set()
+            self._leader_gone = anyio.Event()
+
+    async def _drive(self, op: Op[Any]) -> None:
+        while not op.finished:
+            if self._leading:
+                await _first_of(op.done, self._leader_gone)
+            else:
+                await self._lead(op)
 
     async def run(self, op: Op[T]) -> T:
-        """Run ``op`` now, shielded from cancellation."""
+        """Add ``op`` to the next batch and see it committed, shielded from cancellation."""
         if self._closing:
             raise QueueClosed("the queue is closed; nothing was written")
+        self._pending.append(op)
         try:
             with anyio.CancelScope(shield=True):
-                await self.flush()
-                await self._execute(op)
+                await self._drive(op)
         except BaseException:
             op.abandon()
             raise
         return op.value()
 
     def submit_nowait(self, op: Op[Any]) -> None:
-        """Keep ``op`` until the next :meth:`run`, :meth:`flush` or :meth:`aclose`."""
-        self._deferred.append(op)
+        """Keep ``op`` for the next batch (run by the next caller, or by :meth:`flush`)."""
+        self._pending.append(op)
 
     async def flush(self) -> None:
-        """Run the deferred operations."""
-        while self._deferred:
-            await self._execute(self._deferred.popleft())
+        """Run what is pending."""
+        with anyio.CancelScope(shield=True):
+            while self._pending:
+                await self._drive(self._pending[-1])
 
     async def aclose(self) -> None:
-        """Run what was deferred; the engine is disposed by the store."""
+        """Run what is pending; the engine is disposed by the store."""
         self._closing = True
-        with anyio.CancelScope(shield=True):
-            await self.flush()
+        await self.flush()

@@ -814,6 +814,8 @@ class JobStore:
     def _bulk_ack(self, conn: Connection, ops: list[Op[Any]]) -> bool:
         """Acks of one batch as two executemany statements; False (nothing written) when any of
         them is not plainly running under its token, so they go one by one and report why."""
+        if not conn.dialect.supports_sane_multi_rowcount:
+            return False  # an executemany's row count is the proof; without it, one by one
         now = self.clock()
         found = [op.data for op in ops]
         savepoint = conn.begin_nested()
