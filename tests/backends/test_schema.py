@@ -74,7 +74,7 @@ async def test_a_url_and_a_path_open_the_same_file(db_path: Path) -> None:
 
 
 async def test_an_empty_file_becomes_a_queue(db_path: Path) -> None:
-    db_path.touch()  # noqa: ASYNC240 - a tiny file, in a test
+    db_path.touch()
     async with pq.Queue(db_path, name="q") as q:
         assert await q.put("x") >= 1
 
@@ -112,7 +112,7 @@ async def test_an_unreadable_schema_version_is_refused(db_path: Path) -> None:
 
 
 async def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
-    db_path.write_bytes(b"name,email\nada,ada@example.org\n" * 100)  # noqa: ASYNC240 - a tiny file, in a test
+    db_path.write_bytes(b"name,email\nada,ada@example.org\n" * 100)
     before = digest(db_path)
     with pytest.raises(pq.SchemaError) as info:
         async with pq.Queue(db_path, name="q"):
@@ -181,7 +181,7 @@ async def test_a_read_only_file_is_refused_untouched(db_path: Path) -> None:
     async with pq.Queue(db_path, name="q") as q:
         await q.put("x")
     before = digest(db_path)
-    db_path.chmod(0o444)  # noqa: ASYNC240 - a tiny file, in a test
+    db_path.chmod(0o444)
     try:
         with pytest.raises(pq.DatabaseError) as info:
             async with pq.Queue(db_path, name="q"):
@@ -190,7 +190,7 @@ async def test_a_read_only_file_is_refused_untouched(db_path: Path) -> None:
         assert "read-only" in message or "readonly" in message
         assert digest(db_path) == before
     finally:
-        db_path.chmod(0o644)  # noqa: ASYNC240 - a tiny file, in a test
+        db_path.chmod(0o644)
 
 
 @pytest.mark.parametrize("url", [":memory:", "sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
