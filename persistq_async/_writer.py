@@ -270,9 +270,11 @@ class ThreadWriter(Writer):
         where: str,
         is_busy: Callable[[BaseException], bool],
         maintain: Callable[[Connection], None] | None = None,
+        before_batch: Callable[[Connection, list[Op[Any]]], None] | None = None,
     ) -> None:
         self._connect = connect
         self._maintain = maintain
+        self._before_batch = before_batch
         self._where = where
         self._is_busy = is_busy
         self._pending: deque[Op[Any]] = deque()
@@ -326,6 +328,8 @@ class ThreadWriter(Writer):
                 batch = self._requests.get()
                 if batch is None:
                     return
+                if self._before_batch is not None:
+                    self._before_batch(conn, batch)
                 run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
                 if self._maintain is not None:
                     try:

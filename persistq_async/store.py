@@ -319,6 +319,7 @@ class JobStore:
                         where=self.where,
                         is_busy=self.backend.is_busy,
                         maintain=getattr(self.backend, "maintain_wal", None),
+                        before_batch=getattr(self.backend, "choose_sync", None),
                     )
                     try:
                         await writer.start(self._create_schema)
@@ -948,7 +949,7 @@ class JobStore:
                 raise LeaseLost(f"job {job_id}: lease lost; it cannot be extended")
             return expires
 
-        return await self._write(run)
+        return await self._write(run, kind="extend")
 
     # ------------------------------------------------------------------ CRUD
 

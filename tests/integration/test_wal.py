@@ -56,3 +56,18 @@ async def test_without_a_pinning_reader_there_is_no_warning_and_the_wal_is_bound
         # Auto-checkpoints keep reusing the WAL from its start: it stays near 1000 pages.
         assert os.path.getsize(wal) < 8 * 1024 * 1024
     assert not [r for r in caplog.records if getattr(r, "action", None) == "wal_growing"]
+
+
+async def test_only_batches_that_record_a_promise_are_synced(db_path: Path) -> None:
+    # At durability "full", a batch of claims (or lease extensions) skips the fsync: losing it
+    # to a power cut only means delivering the job again. Anything else is synced.
+    def level(conn: object) -> int:
+        return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())  # type: ignore[attr-defined]
+
+    async with pq.Queue(db_path, name="sync") as q:
+        assert await q.store._write(level, kind="claim") == 1  # NORMAL
+        assert await q.store._write(level, kind="put") == 2  # FULL
+        assert await q.store._write(level, kind="extend") == 1
+        assert await q.store._write(level, kind="ack") == 2
+    async with pq.Queue(db_path, name="sync", durability="normal") as q:
+        assert await q.store._write(level, kind="put") == 1  # normal stays normal
