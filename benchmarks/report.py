@@ -230,6 +230,8 @@ def draw_chart(path: Path, results: list[Result]) -> str | None:
     except ImportError:
         return "matplotlib is not installed; no chart (pip install matplotlib)"
     shown = [r for r in results if r.median]
+    if not shown:
+        return "no throughput figure in this run; no chart"
     systems = list(dict.fromkeys(r.scenario.system for r in shown))
     colours = plt.get_cmap("tab10")
     labels = [
