@@ -7,13 +7,16 @@ server fails the run instead.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 import persistq_async as pq
 
@@ -23,6 +26,34 @@ PG_HINT = (
     "no PostgreSQL: start one with `source .ci/start-postgres.sh start` "
     "(sets PERSISTQ_TEST_PG_URL), then run pytest again"
 )
+
+
+async def pg_admin(url: str, sql: str) -> None:
+    """Run ``sql`` on the server of ``url``, connected to its ``postgres`` database."""
+    import asyncpg  # only when PostgreSQL tests run
+
+    target = make_url(url).set(drivername="postgresql", database="postgres")
+    conn = await asyncpg.connect(target.render_as_string(hide_password=False))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def private_pg_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own on the test server, dropped afterwards.
+
+    Lease rescue and retention cleaning act on every queue of a database, so suites that move
+    an injected clock far ahead get a database of their own.
+    """
+    assert PG_URL is not None, PG_HINT
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    asyncio.run(pg_admin(PG_URL, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

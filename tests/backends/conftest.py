@@ -11,15 +11,13 @@ of) other suites sharing ``persistq_test`` at the same time. Queue names stay un
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 import persistq_async as pq
-from tests.conftest import PG_HINT, PG_URL
+from tests.conftest import private_pg_database
 
 #: Where the injected clock starts: a fixed epoch time, so timestamps are predictable.
 CLOCK_START = 1_700_000_000.0
@@ -38,27 +36,11 @@ class FakeClock:
         self.now += seconds
 
 
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg
-
-    target = make_url(url).set(drivername="postgresql", database="postgres")
-    conn = await asyncpg.connect(target.render_as_string(hide_password=False))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def suite_pg_url() -> Iterator[str]:
     """A PostgreSQL database for this suite alone (see the module docstring)."""
-    assert PG_URL is not None, PG_HINT
-    name = f"persistq_backends_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(PG_URL, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with private_pg_database("persistq_backends") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -13,38 +13,20 @@ that entered it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 import persistq_async as pq
-from tests.conftest import PG_HINT, PG_URL, open_queue
-
-
-async def _pg_admin(url: str, sql: str) -> None:
-    import asyncpg  # only when PostgreSQL tests run
-
-    target = make_url(url).set(drivername="postgresql", database="postgres")
-    conn = await asyncpg.connect(target.render_as_string(hide_password=False))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+from tests.conftest import open_queue, private_pg_database
 
 
 @pytest.fixture(scope="session")
 def integration_pg_url() -> Iterator[str]:
     """A PostgreSQL database for these tests alone (see the module docstring)."""
-    assert PG_URL is not None, PG_HINT
-    name = f"persistq_integration_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(PG_URL, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with private_pg_database("persistq_integration") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

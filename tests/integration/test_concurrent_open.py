@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import persistq_async as pq
-from tests.backends.conftest import _pg_admin
+from tests.conftest import pg_admin
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -63,10 +63,10 @@ async def test_sqlite_processes_create_the_schema_once(tmp_path: Path) -> None:
 @pytest.mark.postgres
 async def test_postgres_processes_create_the_schema_once(pg_url: str) -> None:
     name = f"persistq_race_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(pg_url, f'CREATE DATABASE "{name}"')
+    await pg_admin(pg_url, f'CREATE DATABASE "{name}"')
     url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
     try:
         await anyio.to_thread.run_sync(_open_at_once, url, 6)
         await _check(url, 6)
     finally:
-        await _pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
