@@ -10,7 +10,6 @@ of) other suites sharing ``persistq_test`` at the same time. Queue names stay un
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -63,37 +62,10 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-async def hosted(q: pq.Queue) -> AsyncIterator[pq.Queue]:
-    """Open ``q`` in a task of its own and close it there when the fixture ends.
-
-    pytest-asyncio runs an async fixture's setup and teardown in two different tasks, and a
-    queue's task group must be left in the task that entered it; so one task owns the queue.
-    """
-    opened: asyncio.Future[pq.Queue] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-
-    async def owner() -> None:
-        try:
-            async with q:
-                opened.set_result(q)
-                await stop.wait()
-        except BaseException as exc:
-            if not opened.done():
-                opened.set_exception(exc)
-            raise
-
-    task = asyncio.ensure_future(owner())
-    try:
-        yield await opened
-    finally:
-        stop.set()
-        await task
-
-
 @pytest.fixture
 async def queue(backend_url: str, queue_name: str) -> AsyncIterator[pq.Queue]:
     """An open queue on each backend, with short polls so tests stay fast."""
-    async for q in hosted(pq.Queue(backend_url, name=queue_name, poll_interval=0.05)):
+    async with pq.Queue(backend_url, name=queue_name, poll_interval=0.05) as q:
         yield q
 
 
@@ -109,5 +81,5 @@ async def cq(backend_url: str, queue_name: str, clock: FakeClock) -> AsyncIterat
         backoff_base=10,
         backoff_max=1000,
     )
-    async for opened in hosted(q):
+    async with q as opened:
         yield opened

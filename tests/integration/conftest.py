@@ -5,14 +5,12 @@ rescuer and the cleaner act on every queue of a database, and the service tests 
 clock far ahead, which would expire the leases (or delete the finished jobs) of other suites
 sharing ``persistq_test``.
 
-``queue`` is opened and closed in one task of its own: pytest-asyncio runs an async fixture's
-setup and teardown in two different tasks, and a queue's task group must be left in the task
-that entered it.
+``queue`` is a plain ``async with`` fixture: pytest-asyncio sets it up and tears it down in two
+different tasks, which a queue allows.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -37,31 +35,8 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("integration_pg_url"))
 
 
-async def hosted(q: pq.Queue) -> AsyncIterator[pq.Queue]:
-    """Open ``q`` in a task of its own and close it there when the fixture ends."""
-    opened: asyncio.Future[pq.Queue] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-
-    async def owner() -> None:
-        try:
-            async with q:
-                opened.set_result(q)
-                await stop.wait()
-        except BaseException as exc:
-            if not opened.done():
-                opened.set_exception(exc)
-            raise
-
-    task = asyncio.ensure_future(owner())
-    try:
-        yield await opened
-    finally:
-        stop.set()
-        await task
-
-
 @pytest.fixture
 async def queue(backend_url: str, queue_name: str) -> AsyncIterator[pq.Queue]:
     """An open queue on each backend, with short polls so tests stay fast."""
-    async for q in hosted(open_queue(backend_url, queue_name)):
+    async with open_queue(backend_url, queue_name) as q:
         yield q

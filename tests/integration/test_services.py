@@ -19,7 +19,6 @@ from persistq_async.pool import Execution, Pool, StopReason
 from tests.conftest import open_queue
 
 from ._support import info, records
-from .conftest import hosted
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +49,7 @@ def clock() -> FakeClock:
 async def cq(backend_url: str, queue_name: str, clock: FakeClock) -> AsyncIterator[pq.Queue]:
     """A queue driven by ``clock``, with 10 s leases and a 100 s retention."""
     q = open_queue(backend_url, queue_name, clock=clock, lease_seconds=LEASE, retention_seconds=100)
-    async for opened in hosted(q):
+    async with q as opened:
         yield opened
 
 
