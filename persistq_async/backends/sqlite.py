@@ -9,6 +9,9 @@ Pragmas, and why:
 - ``busy_timeout``: a writer waits for another process's write lock instead of failing.
 - ``journal_size_limit``: the WAL file is truncated back to this size after a checkpoint, so it
   stays bounded under continuous load (auto-checkpoint runs every 1000 pages).
+
+Checkpoints mostly run in a thread of their own (:mod:`.checkpointer`), so that commits, and the
+jobs waiting for them, do not wait while the WAL is copied into the database.
 - ``foreign_keys=ON``: attempt rows go with their job.
 """
 
@@ -31,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from ..errors import DatabaseError, SchemaError
 from ..schema import APPLICATION_ID
 from .base import Backend
+from .checkpointer import Checkpointer
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -77,6 +81,7 @@ class SQLiteBackend(Backend):
         self._wal_checked = 0.0
         self._wal_warned = 0
         self._synced = True  # the writer connection starts at the configured synchronous
+        self._checkpointer: Checkpointer | None = None
 
     def choose_sync(self, conn: Connection, batch: list[Any]) -> None:
         """On the writer thread before a batch: at durability "full", skip the fsync of a batch
@@ -100,13 +105,46 @@ class SQLiteBackend(Backend):
             cursor.close()
         self._synced = durable
 
-    def maintain_wal(self, conn: Connection) -> None:
-        """On the writer thread after commits: notice a WAL that checkpoints cannot shrink.
+    async def start_background(self) -> None:
+        """Start the checkpointer thread (see :mod:`.checkpointer`)."""
+        synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
+        checkpointer = Checkpointer(self.path, synchronous=synchronous, on_result=self._checked)
+        await anyio.to_thread.run_sync(checkpointer.start)
+        self._checkpointer = checkpointer
 
-        Auto-checkpoints copy the WAL back into the database every 1000 pages and
-        ``journal_size_limit`` truncates it, so it stays small, unless a reader holds a snapshot
-        open (a long read transaction): the checkpoint cannot pass it, and the WAL grows with
-        every commit. Say so, loudly, once per doubling.
+    async def stop_background(self) -> None:
+        """Stop the checkpointer thread."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await anyio.to_thread.run_sync(checkpointer.stop)
+
+    def maintain_wal(self, conn: Connection) -> None:
+        """On the writer thread after a commit: ask the checkpointer to copy the WAL back.
+
+        Without a checkpointer thread (it could not connect), check the WAL here instead.
+        """
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.running:
+            checkpointer.request()
+            return
+        if time.monotonic() - self._wal_checked < WAL_CHECK_INTERVAL:
+            return
+        # On the DBAPI cursor: outside any transaction, which a checkpoint needs.
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            row: Any = cursor.fetchone()
+        finally:
+            cursor.close()
+        self._checked(*row)
+
+    def _checked(self, _busy: int, frames: int, done: int) -> None:
+        """After a checkpoint: notice a WAL that checkpoints cannot shrink.
+
+        Checkpoints copy the WAL back into the database and the writer then reuses it from the
+        start (``journal_size_limit`` truncates it), so it stays small, unless a reader holds a
+        snapshot open (a long read transaction): no checkpoint can pass it, and the WAL grows
+        with every commit. Say so, loudly, once per doubling.
         """
         now = time.monotonic()
         if now - self._wal_checked < WAL_CHECK_INTERVAL:
@@ -118,14 +156,6 @@ class SQLiteBackend(Backend):
             return
         if size < WAL_WARN_BYTES or size < 2 * self._wal_warned:
             return
-        # On the DBAPI cursor: outside any transaction, which a checkpoint needs.
-        cursor = conn.connection.cursor()
-        try:
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            row: Any = cursor.fetchone()
-            _busy, frames, done = row
-        finally:
-            cursor.close()
         if frames > 0 and done < frames:
             self._wal_warned = size
             logger.warning(

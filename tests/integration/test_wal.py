@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 import persistq_async as pq
@@ -27,6 +29,9 @@ async def test_a_reader_pinning_the_wal_is_reported(
     monkeypatch.setattr(sqlite_backend, "WAL_WARN_BYTES", 256 * 1024)
     monkeypatch.setattr(sqlite_backend, "WAL_CHECK_INTERVAL", 0.0)
     wal = Path(f"{db_path}-wal")
+    warned = threading.Event()
+    watcher = _Watcher("wal_growing", warned)
+    logging.getLogger("persistq_async").addHandler(watcher)
     async with pq.Queue(db_path, name="wal") as q:
         await q.put({"n": 0})
         reader = sqlite3.connect(db_path)
@@ -35,12 +40,28 @@ async def test_a_reader_pinning_the_wal_is_reported(
             reader.execute("SELECT count(*) FROM persistq_jobs").fetchone()  # holds a snapshot
             with caplog.at_level(logging.WARNING, logger="persistq_async"):
                 await _put_until(q, wal, 1024 * 1024)
-                await q.put({"n": 1})  # one more commit after the size check passed
+                # The checkpointer thread checks after the commits; wait for its verdict.
+                assert await anyio.to_thread.run_sync(warned.wait, 10.0), "no warning in 10 s"
         finally:
             reader.close()
+            logging.getLogger("persistq_async").removeHandler(watcher)
     warnings = [r for r in caplog.records if getattr(r, "action", None) == "wal_growing"]
     assert warnings, "no wal_growing warning while a reader pinned the WAL"
     assert "read transaction" in warnings[0].getMessage()
+    assert warnings[0].wal_bytes >= 256 * 1024
+
+
+class _Watcher(logging.Handler):
+    """Sets ``event`` when a record with ``action`` is logged, from whatever thread."""
+
+    def __init__(self, action: str, event: threading.Event) -> None:
+        super().__init__(logging.WARNING)
+        self.action = action
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "action", None) == self.action:
+            self.event.set()
 
 
 async def test_without_a_pinning_reader_there_is_no_warning_and_the_wal_is_bounded(
@@ -53,7 +74,7 @@ async def test_without_a_pinning_reader_there_is_no_warning_and_the_wal_is_bound
         with caplog.at_level(logging.WARNING, logger="persistq_async"):
             for _ in range(40):
                 await q.put_many([{"pad": "x" * 200, "n": n} for n in range(200)])
-        # Auto-checkpoints keep reusing the WAL from its start: it stays near 1000 pages.
+        # Checkpoints let the writer reuse the WAL from its start: it stays near 1000 pages.
         assert os.path.getsize(wal) < 8 * 1024 * 1024
     assert not [r for r in caplog.records if getattr(r, "action", None) == "wal_growing"]
 
