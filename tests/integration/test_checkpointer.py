@@ -1,0 +1,85 @@
+"""The checkpointer thread copies the WAL back so that commits do not have to."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import anyio
+
+import persistq_async as pq
+from persistq_async.backends.checkpointer import Checkpointer
+
+
+def _wal_database(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # only the checkpointer copies
+    conn.execute("CREATE TABLE t (x TEXT)")
+    return conn
+
+
+def test_a_request_copies_every_frame_back(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    writer = _wal_database(path)
+    reports: list[tuple[int, int, int]] = []
+    reported = threading.Event()
+
+    def on_result(busy: int, frames: int, done: int) -> None:
+        reports.append((busy, frames, done))
+        reported.set()
+
+    checkpointer = Checkpointer(path, synchronous="FULL", on_result=on_result)
+    checkpointer.start()
+    try:
+        assert checkpointer.running
+        for n in range(200):
+            writer.execute("INSERT INTO t VALUES (?)", ("x" * 500 + str(n),))
+        checkpointer.request()
+        assert reported.wait(10), "no checkpoint within 10 s of the request"
+    finally:
+        checkpointer.stop()
+    assert not checkpointer.running
+    busy, frames, done = reports[-1]
+    assert busy == 0
+    assert frames > 0
+    assert done == frames  # nobody pinned the WAL: all of it is in the database now
+    # Nothing left for the writer's own checkpoint to copy.
+    assert writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1:] == (frames, frames)
+    writer.close()
+
+
+def test_a_checkpointer_that_cannot_open_the_file_is_just_not_running(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(tmp_path / "missing" / "q.db", synchronous="FULL")
+    checkpointer.start()
+    assert not checkpointer.running
+    checkpointer.request()  # harmless
+    checkpointer.stop()
+
+
+async def test_a_queue_runs_its_checkpointer_while_open(db_path: Path) -> None:
+    async with pq.Queue(db_path, name="ck") as q:
+        backend = q.store.backend
+        checkpointer = backend._checkpointer  # type: ignore[attr-defined]
+        assert checkpointer is not None and checkpointer.running
+        await q.put_many([{"n": n} for n in range(100)])
+    assert not checkpointer.running
+    assert backend._checkpointer is None  # type: ignore[attr-defined]
+
+
+async def test_a_claim_finds_the_jobs_put_in_its_own_batch(db_path: Path) -> None:
+    # The claim is submitted first, the put second, both before the writer's next batch:
+    # claims run last in a batch, so the claim sees the job.
+    async with pq.Queue(db_path, name="order") as q:
+        got: list[pq.Job | None] = []
+
+        async def claim() -> None:
+            got.append(await q.get_nowait())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(claim)
+            tg.start_soon(q.put, {"n": 1})
+        assert got[0] is not None
+        assert got[0].payload == {"n": 1}
+        await got[0].ack()
