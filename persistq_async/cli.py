@@ -114,7 +114,7 @@ async def _worker(args: argparse.Namespace) -> None:
     # would be back, and a second SIGTERM arriving then would kill the process outright.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Queue(args.url, name=args.queue) as q, anyio.create_task_group() as tg:
-            async with Supervisor(grace=args.grace) as sup:
+            async with Supervisor(grace=args.grace, gc_freeze=args.gc_freeze) as sup:
                 await sup.add(
                     q,
                     handler,
@@ -270,6 +270,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=10)
     worker.add_argument("--job-timeout", type=float, default=None)
     worker.add_argument("--grace", type=float, default=DEFAULT_GRACE)
+    worker.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="leave the garbage collector as it is (see Supervisor's gc_freeze)",
+    )
 
     for name, help_text in (("stats", "counts by state, per queue"), ("jobs", "list jobs")):
         p = sub.add_parser(name, help=help_text)

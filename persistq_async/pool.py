@@ -194,7 +194,8 @@ class Pool:
                 self._tg = tg
                 self._grace = grace
                 listener = self._on_cancelled
-                self.queue.store.add_cancel_listener(listener)
+                store = self.queue.store
+                store.add_cancel_listener(listener)
                 try:
                     log_event(
                         logger,
@@ -208,8 +209,9 @@ class Pool:
                         await self._claim_forever()
                     await self._drain(self._grace)
                 finally:
-                    if self.queue.store.is_open:
-                        self.queue.store.remove_cancel_listener(listener)
+                    # The store itself: the queue may have been closed first (a Queue
+                    # entered after, so left before, the Supervisor).
+                    store.remove_cancel_listener(listener)
         finally:
             self._stopped.set()
             log_event(

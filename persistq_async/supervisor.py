@@ -8,6 +8,7 @@ stops every pool gracefully and raises :class:`~persistq_async.SupervisorError`.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,6 +56,13 @@ class Supervisor:
     :param rescue_interval: seconds between sweeps for expired leases.
     :param heartbeat_interval: seconds between lease extensions; by default a third of the
         shortest ``lease_seconds`` among the pools' queues.
+    :param gc_freeze: on entering, collect garbage once and then ``gc.freeze()`` what is left,
+        so that CPython's full collections no longer scan the objects that were there at start
+        (modules, classes, the application's set-up). In a worker process each full collection
+        otherwise stops the event loop for tens of milliseconds about once a second at
+        thousands of jobs per second, and every job waiting meanwhile waits that much longer.
+        It changes the whole process's garbage collector, so it is off by default; the
+        ``persistq worker`` command turns it on (a process of its own).
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class Supervisor:
         restart_period: float = DEFAULT_RESTART_PERIOD,
         rescue_interval: float = 1.0,
         heartbeat_interval: float | None = None,
+        gc_freeze: bool = False,
     ) -> None:
         self.grace = check_float("grace", grace, minimum=0.0)
         self.max_restarts = check_int("max_restarts", max_restarts, minimum=0)
@@ -75,6 +84,9 @@ class Supervisor:
             if heartbeat_interval is None
             else check_float("heartbeat_interval", heartbeat_interval, positive=True)
         )
+        if not isinstance(gc_freeze, bool):
+            raise ArgumentTypeError(f"gc_freeze: expected True or False, got {gc_freeze!r}")
+        self.gc_freeze = gc_freeze
         self._pools: dict[str, Pool] = {}
         self._restarts: deque[float] = deque()
         self._tg: TaskGroup | None = None
@@ -92,6 +104,9 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         if self._tg is not None or self._closed:
             raise QueueClosed("a Supervisor can be entered once; make a new one")
+        if self.gc_freeze:
+            gc.collect()  # what is garbage now would otherwise never be collected
+            gc.freeze()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:

@@ -472,3 +472,41 @@ async def test_supervisor_arguments_and_use_outside_the_block(queue: pq.Queue) -
     with pytest.raises(pq.QueueClosed):
         async with sup:
             pass
+
+
+async def test_gc_freeze_moves_the_start_up_heap_out_of_collections() -> None:
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    try:
+        async with pq.Supervisor(gc_freeze=True) as sup:
+            assert sup.gc_freeze is True
+            assert gc.get_freeze_count() > 1000  # modules, classes, this test's objects
+    finally:
+        gc.unfreeze()
+    async with pq.Supervisor():
+        assert gc.get_freeze_count() == 0  # off by default: the process's GC is left alone
+
+
+def test_gc_freeze_must_be_a_bool() -> None:
+    with pytest.raises(pq.ArgumentTypeError, match="gc_freeze"):
+        pq.Supervisor(gc_freeze="yes")  # type: ignore[arg-type]
+
+
+async def test_a_queue_closed_before_its_supervisor_stops_the_pool_without_an_error(
+    db_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `async with Supervisor() as sup, Queue(...) as q:` closes the queue first.
+    done = anyio.Event()
+
+    async def handler(job: pq.Job) -> None:
+        done.set()
+
+    async with pq.Supervisor(grace=1.0) as sup, pq.Queue(db_path, name="inner") as q:
+        await sup.add(q, handler, concurrency=2)
+        await q.put({"n": 1})
+        await done.wait()
+        await q.join(timeout=10)
+    assert sup.pools == {}  # left behind by nobody
+    async with pq.Queue(db_path, name="inner") as q:
+        assert (await q.stats()).done == 1

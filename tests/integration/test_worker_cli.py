@@ -42,6 +42,12 @@ HANDLER_MODULE = textwrap.dedent(
 
     def sync_handler(job):
         return None
+
+
+    async def gc_handler(job):
+        import gc
+
+        return {"frozen": gc.get_freeze_count()}
     """
 )
 
@@ -107,9 +113,11 @@ class Worker:
         return "\n".join(self.lines)
 
 
-async def start_worker(workdir: Path, *extra: str) -> tuple[Worker, Process]:
+async def start_worker(
+    workdir: Path, *extra: str, handler: str = "jobs_mod:handler"
+) -> tuple[Worker, Process]:
     process = await anyio.open_process(
-        worker_command(workdir / "jobs.db", *extra),
+        worker_command(workdir / "jobs.db", *extra, handler=handler),
         cwd=workdir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -223,3 +231,23 @@ async def test_a_second_sigterm_stops_at_once(workdir: Path) -> None:
     assert found.attempts == 0
     assert [a.outcome for a in found.history] == ["released"]
     assert "stopping at once" in worker.output
+
+
+@pytest.mark.parametrize(("extra", "frozen"), [((), True), (("--no-gc-freeze",), False)])
+async def test_the_worker_freezes_its_start_up_heap_unless_told_not_to(
+    workdir: Path, extra: tuple[str, ...], frozen: bool
+) -> None:
+    async with open_queue(workdir / "jobs.db", QUEUE) as q:
+        job_id = await q.put({})
+        worker, process = await start_worker(workdir, *extra, handler="jobs_mod:gc_handler")
+        async with process:
+            try:
+                await q.join(timeout=20)
+                process.send_signal(signal.SIGTERM)
+                code = await worker.finish(within=15)
+            finally:
+                if process.returncode is None:
+                    process.kill()
+        assert code == 0, worker.output
+        result = (await info(q, job_id)).result
+    assert (result["frozen"] > 1000) is frozen, result
