@@ -266,7 +266,7 @@ class Pool:
                 await self._slot_freed.wait()
                 continue
             event = store.work_event(queue.name)
-            token = await store.change_token()
+            token = store.known_change_token()
             jobs, next_due_at = await queue.claim(free)
             for job in jobs:
                 self._start(job)

@@ -355,7 +355,7 @@ class Queue:
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
             event = store.work_event(self.name)
-            token = await store.change_token()
+            token = store.known_change_token()
             jobs, next_due_at = await self.claim(1)
             if jobs:
                 return jobs[0]
