@@ -4,12 +4,12 @@
 
 Phases, all in this process, on one SQLite file (default durability, ``synchronous=FULL``):
 
-1. **Maximum** (``--max-seconds``, 20 s): 8 producer tasks ``put`` as fast as they can (each
+1. **Maximum** (``--max-seconds``, 20 s): 32 producer tasks ``put`` as fast as they can (each
    pauses while more than ``BACKLOG_CAP`` jobs wait, so the backlog stays bounded and the pool
    never idles) while a ``Supervisor`` pool of concurrency 32 consumes. The rate of deliveries
    the pool settles per second, after a 2 s ramp, is the maximum sustainable rate.
-2. **Steady** (``--minutes``): one producer task paced with anyio sleeps puts single jobs at
-   ``--load`` (70 %) of that rate. 1 % of the jobs are nacked by the handler (it raises): 9 in
+2. **Steady** (``--minutes``): the same 32 producer tasks, paced with anyio sleeps, put single
+   jobs at ``--load`` (70 %) of that rate. 1 % of the jobs are nacked by the handler (it raises): 9 in
    10 of them fail once and are then done, 1 in 10 fail on every attempt and are dead after
    ``max_attempts`` = 3 (``backoff_base`` 0.05 s). Every ``--interval`` seconds a sample takes
    RSS (``VmRSS``), the WAL file's size, open file descriptors, the p50/p99 claim latency of the
@@ -26,6 +26,12 @@ Then the producer stops, the queue drains, and every put job is checked in the d
 be ``done`` (attempts 1, or 2 for a job nacked once) or ``dead`` (attempts 3, for a job nacked on
 every attempt), none missing, none unexpected; ``PRAGMA integrity_check`` must be ``ok``.
 
+The supervisor runs with ``gc_freeze=True``, as ``persistq worker`` does (``--no-gc-freeze``
+to compare): without it, CPython's full collections of the start-up heap stop the event loop for
+30-50 ms about once a second at this load. Each sample also records the longest garbage
+collection and the longest event-loop stall (a 5 ms sleep's overshoot) of its window, so a bad
+window can be told apart: the process, or the database.
+
 Criteria (issue 6, "Soak"): no loss; RSS drift <= 10 % (median of the last third of the steady
 phase's post-warm-up samples against the median of its first third); WAL <= 64 MiB during
 phases 1-2; claim p99 <= 50 ms in every window of phase 2 (the worst is reported); no
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import gc
 import json
 import logging
 import os
@@ -66,11 +73,11 @@ CONCURRENCY = 32
 MAX_ATTEMPTS = 3
 BACKOFF_BASE = 0.05
 BACKOFF_MAX = 0.5
-PRODUCERS_MAX = 8
+#: Producer tasks, in phase 1 (as fast as they can) and in phase 2 (paced): the same shape of
+#: load generator in both, so that its own cost is part of the maximum the load is a share of.
+PRODUCERS = 32
 #: Phase 1 producers pause while more jobs than this wait (queued, not yet settled).
 BACKLOG_CAP = 2_000
-#: In-flight puts of the paced producer.
-PUT_CONCURRENCY = 64
 #: The WAL size past which the library warns, during phase 3 only.
 PIN_WARN_BYTES = 8 * 2**20
 
@@ -162,7 +169,7 @@ class Tracker:
         for i, c in enumerate(self.hist):
             seen += c
             if seen >= rank:
-                return (i + 1) * HIST_STEP_MS
+                return round((i + 1) * HIST_STEP_MS, 1)
         return None
 
 
@@ -195,6 +202,37 @@ def file_size(path: Path) -> int:
         return 0
 
 
+class Stalls:
+    """The longest garbage collection and event-loop stall since the last :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.gc_started = 0.0
+        self.gc_max_ms = 0.0
+        self.full_collections = 0
+        self.lag_max_ms = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.gc_started = time.perf_counter()
+            return
+        self.gc_max_ms = max(self.gc_max_ms, (time.perf_counter() - self.gc_started) * 1000)
+        if info["generation"] == 2:
+            self.full_collections += 1
+
+    async def watch_loop(self) -> None:
+        while True:
+            begin = time.perf_counter()
+            await anyio.sleep(0.005)
+            lag = (time.perf_counter() - begin) * 1000 - 5.0
+            self.lag_max_ms = max(self.lag_max_ms, lag)
+
+    def take(self) -> tuple[float, float, int]:
+        taken = (self.gc_max_ms, self.lag_max_ms, self.full_collections)
+        self.gc_max_ms = self.lag_max_ms = 0.0
+        self.full_collections = 0
+        return taken
+
+
 class WarningCatcher(logging.Handler):
     """Keeps the library's WARNING+ records: action, time, message."""
 
@@ -223,6 +261,7 @@ class Run:
     db: Path
     tracker: Tracker
     catcher: WarningCatcher
+    stalls: Stalls = field(default_factory=Stalls)
     t0: float = 0.0  # monotonic start of the steady phase
     phase: str = "max"
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -285,7 +324,7 @@ class Run:
         seconds = self.args.max_seconds
         ramp = min(2.0, seconds / 5)
         async with anyio.create_task_group() as tg:
-            for _ in range(PRODUCERS_MAX):
+            for _ in range(PRODUCERS):
                 tg.start_soon(producer)
             await anyio.sleep(ramp)
             begin, done0, put0 = time.monotonic(), pool.processed, self.tracker.put_ok
@@ -301,7 +340,7 @@ class Run:
         self.result["phase1"] = {
             "seconds": seconds,
             "ramp_seconds": ramp,
-            "producers": PRODUCERS_MAX,
+            "producers": PRODUCERS,
             "concurrency": CONCURRENCY,
             "settled_per_s": round(rate, 1),
             "put_per_s": round(put_rate, 1),
@@ -314,26 +353,23 @@ class Run:
     # ------------------------------------------------------------------ phases 2 and 3
 
     async def paced_producer(self, q: pq.Queue, rate: float, stop: anyio.Event) -> None:
-        """Single puts on a schedule of ``rate`` per second, at most ``PUT_CONCURRENCY`` in
-        flight; returns once the puts in flight have finished."""
-        slots = anyio.Semaphore(PUT_CONCURRENCY)
-
-        async def one() -> None:
-            try:
-                await self.put_one(q)
-            finally:
-                slots.release()
-
+        """Single puts on a schedule of ``rate`` per second from ``PRODUCERS`` long-lived tasks
+        (task ``i`` makes puts ``i``, ``i + PRODUCERS``, ... each at its due time, at once when
+        late, as phase 1's producers do); returns once the puts in flight have finished."""
         start = anyio.current_time()
-        issued = 0
-        async with anyio.create_task_group() as tg:
+
+        async def producer(first: int) -> None:
+            n = first
             while not stop.is_set():
-                due = int((anyio.current_time() - start) * rate) - issued
-                for _ in range(due):
-                    await slots.acquire()
-                    tg.start_soon(one)
-                    issued += 1
-                await anyio.sleep(0.005)
+                delay = start + n / rate - anyio.current_time()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                await self.put_one(q)
+                n += PRODUCERS
+
+        async with anyio.create_task_group() as tg:
+            for i in range(PRODUCERS):
+                tg.start_soon(producer, i)
 
     async def sampler(self, q: pq.Queue, pool: pq.Pool, interval: float) -> None:
         tracker = self.tracker
@@ -345,6 +381,7 @@ class Run:
             now = time.monotonic()
             window, puts = tracker.take_window()
             backlog = await q.store.active_count(QUEUE)
+            gc_max, lag_max, full_collections = self.stalls.take()
             span = now - last
             sample = {
                 "t": round(now - self.t0, 2),
@@ -359,6 +396,9 @@ class Run:
                 "claim_p99_ms": round(percentile(window, 99), 2) if window else None,
                 "claim_max_ms": round(max(window), 2) if window else None,
                 "put_p99_ms": round(percentile(puts, 99), 2) if puts else None,
+                "gc_max_ms": round(gc_max, 2),
+                "full_collections": full_collections,
+                "loop_lag_max_ms": round(lag_max, 2),
                 "put_per_s": round((tracker.put_ok - last_put) / span, 1),
                 "settled_per_s": round((pool.processed - last_done) / span, 1),
             }
@@ -371,7 +411,8 @@ class Run:
                     f"rss={sample['rss_bytes'] / 2**20:6.1f} MiB "
                     f"wal={sample['wal_bytes'] / 2**20:6.2f} MiB fds={sample['fds']:3d} "
                     f"backlog={backlog:5d} p99={p99 if p99 is not None else '-':>7} ms "
-                    f"(put p99 {sample['put_p99_ms']} ms) "
+                    f"(put p99 {sample['put_p99_ms']} ms, gc {gc_max:.0f} ms, lag "
+                    f"{lag_max:.0f} ms) "
                     f"put/s={sample['put_per_s']:7.1f} settled/s={sample['settled_per_s']:7.1f}",
                     flush=True,
                 )
@@ -614,8 +655,13 @@ async def main_async(args: argparse.Namespace, db: Path) -> int:
     if args.durability:
         options["durability"] = args.durability
     print(f"soak: {db}, {args.minutes} min steady, {os.cpu_count()} CPUs", flush=True)
-    async with pq.Supervisor() as sup, anyio.create_task_group() as tg:
+    gc.callbacks.append(run.stalls.on_gc)
+    async with (
+        pq.Supervisor(gc_freeze=args.gc_freeze) as sup,
+        anyio.create_task_group() as tg,
+    ):
         tg.start_soon(run.watch_wal)
+        tg.start_soon(run.stalls.watch_loop)
         print(f"phase 1: maximum rate, {args.max_seconds:.0f}s ...", flush=True)
         async with pq.Queue(db, name=QUEUE_MAX, **options) as q_max:
             maximum = await run.measure_max(sup, q_max)
@@ -657,6 +703,9 @@ async def main_async(args: argparse.Namespace, db: Path) -> int:
         "claim_p50_ms_overall": tracker.hist_percentile(50),
         "claim_p99_ms_overall": tracker.hist_percentile(99),
         "claim_max_ms": max((s["claim_max_ms"] or 0) for s in steady),
+        "gc_max_ms": max(s["gc_max_ms"] for s in steady),
+        "full_collections": sum(s["full_collections"] for s in steady),
+        "loop_lag_max_ms": max(s["loop_lag_max_ms"] for s in steady),
     }
     warnings_by_action: dict[str, int] = {}
     for r in catcher.records:
@@ -678,6 +727,7 @@ async def main_async(args: argparse.Namespace, db: Path) -> int:
             "max_attempts": MAX_ATTEMPTS,
             "backoff_base": BACKOFF_BASE,
             "backoff_max": BACKOFF_MAX,
+            "gc_freeze": args.gc_freeze,
             "plan": "1% of jobs nacked: 0.9% once (then done), 0.1% every attempt (dead)",
         },
         **run.result,
@@ -706,7 +756,9 @@ async def main_async(args: argparse.Namespace, db: Path) -> int:
     print(
         f"  claim latency overall (phase 2, first deliveries): p50 "
         f"{summary['claim_p50_ms_overall']} ms, p99 {summary['claim_p99_ms_overall']} ms, "
-        f"max {summary['claim_max_ms']} ms"
+        f"max {summary['claim_max_ms']} ms; longest GC {summary['gc_max_ms']} ms "
+        f"({summary['full_collections']} full collections), longest loop stall "
+        f"{summary['loop_lag_max_ms']} ms"
     )
     print(
         f"  jobs {verification['jobs_put']}, deliveries {verification['deliveries']}, nacks "
@@ -736,6 +788,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after-seconds", type=float, default=10.0, help="after release (10)")
     parser.add_argument("--durability", choices=["full", "normal"], help="default: the library's")
     parser.add_argument("--quiet", action="store_true", help="no per-sample lines")
+    parser.add_argument(
+        "--no-gc-freeze",
+        dest="gc_freeze",
+        action="store_false",
+        help="run the supervisor without gc_freeze (default: with it, as the worker command)",
+    )
     args = parser.parse_args(argv)
     tmp: str | None = None
     if args.db:
