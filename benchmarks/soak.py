@@ -309,11 +309,12 @@ class Run:
     async def measure_max(self, sup: pq.Supervisor, q: pq.Queue) -> float:
         """The highest paced rate the queue keeps up with, found by steps.
 
-        Each step runs the paced producers of phase 2 at one rate for ``--step-seconds``; the
-        next is ``--ramp-factor`` faster. A step keeps up when its puts reached 95 % of the rate
-        and the backlog (queued + running) grew by less than a tenth of its puts. A step that
-        does not is tried once more at the same rate, after the backlog drained (one slow moment
-        of a shared machine does not end the ramp); the second miss does.
+        Each step starts on a drained queue and runs the paced producers of phase 2 at one rate
+        for ``--step-seconds``; the next is ``--ramp-factor`` faster. A step keeps up when its
+        puts reached 95 % of the rate and it ended with fewer jobs waiting (queued + running)
+        than 2 % of its puts (a twelfth of a second's worth at 4 s steps). A step that does not
+        is tried once more at the same rate (one slow moment of a shared machine does not end
+        the ramp); the second miss does.
 
         Paced single puts, not producers putting as fast as they can: those fill every batch,
         which a paced load never does, and overstate what it can sustain (by a third, here).
@@ -326,6 +327,7 @@ class Run:
         misses = 0
         steps: list[dict[str, Any]] = []
         while rate < 1_000_000:
+            await q.join(timeout=120)
             backlog0 = await q.store.active_count(QUEUE_MAX)
             put0, done0, begin = tracker.put_ok, pool.processed, time.monotonic()
             stop = anyio.Event()
@@ -336,7 +338,7 @@ class Run:
             elapsed = time.monotonic() - begin
             puts, done = tracker.put_ok - put0, pool.processed - done0
             backlog1 = await q.store.active_count(QUEUE_MAX)
-            kept_up = puts >= 0.95 * rate * args.step_seconds and backlog1 - backlog0 < puts / 10
+            kept_up = puts >= 0.95 * rate * args.step_seconds and backlog1 < puts / 50
             steps.append(
                 {
                     "rate": round(rate, 1),
@@ -359,7 +361,6 @@ class Run:
                 rate *= args.ramp_factor
                 continue
             misses += 1
-            await q.join(timeout=120)
             if misses == 2:
                 break
         await q.join(timeout=120)

@@ -9,10 +9,10 @@ Pragmas, and why:
 - ``busy_timeout``: a writer waits for another process's write lock instead of failing.
 - ``journal_size_limit``: the WAL file is truncated back to this size after a checkpoint, so it
   stays bounded under continuous load (auto-checkpoint runs every 1000 pages).
+- ``foreign_keys=ON``: attempt rows go with their job.
 
 Checkpoints mostly run in a thread of their own (:mod:`.checkpointer`), so that commits, and the
 jobs waiting for them, do not wait while the WAL is copied into the database.
-- ``foreign_keys=ON``: attempt rows go with their job.
 """
 
 from __future__ import annotations
