@@ -347,7 +347,11 @@ class Pool:
                         job.id,
                         extra={"action": "job_failed"},
                     )
-            del self.executions[job.id]
+            # A job nacked for now (or, once its lease ran out, the job of a handler that
+            # ignored its cancellation) can be delivered to this pool again while this
+            # delivery is still ending: the entry is then the newer delivery's.
+            if self.executions.get(job.id) is execution:
+                del self.executions[job.id]
             self.processed += 1
             if not self.executions:
                 self._idle.set()

@@ -62,7 +62,8 @@ async def test_a_queue_runs_its_checkpointer_while_open(db_path: Path) -> None:
     async with pq.Queue(db_path, name="ck") as q:
         backend = q.store.backend
         checkpointer = backend._checkpointer  # type: ignore[attr-defined]
-        assert checkpointer is not None and checkpointer.running
+        assert checkpointer is not None
+        assert checkpointer.running
         await q.put_many([{"n": n} for n in range(100)])
     assert not checkpointer.running
     assert backend._checkpointer is None  # type: ignore[attr-defined]

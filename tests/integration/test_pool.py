@@ -393,3 +393,37 @@ async def test_blocking_handler_is_reported_and_its_lease_not_extended(
     assert found.state == pq.JobState.DONE
     assert found.result == "taken over"  # the unresponsive handler's ack was refused
     assert [a.outcome for a in found.history] == ["expired", "acked"]
+
+
+async def test_a_job_delivered_again_while_its_last_delivery_is_still_running(
+    queue: pq.Queue,
+) -> None:
+    # The handler nacks its own job and carries on; the pool, with a slot free, claims the job
+    # again at once. Both deliveries of the one job run side by side in the pool, and the first
+    # to end must not take the other's place in the pool's books with it.
+    second_started = anyio.Event()
+    first_finished = anyio.Event()
+
+    async def handler(job: pq.Job) -> str:
+        if job.attempts == 1:
+            await job.nack(delay=0)
+            await second_started.wait()
+            return "first"
+        second_started.set()
+        await first_finished.wait()
+        return "second"
+
+    async with pq.Supervisor() as sup:
+        pool = await sup.add(queue, handler, concurrency=2)
+        job_id = await queue.put({})
+        await second_started.wait()
+        await anyio.wait_all_tasks_blocked()  # the first delivery has ended
+        assert pool.processed == 1
+        assert list(pool.executions) == [job_id]  # the second delivery's, still running
+        first_finished.set()
+        await queue.join(timeout=10)
+    # Leaving the supervisor raised nothing: the pool did not crash.
+    assert pool.processed == 2
+    assert not pool.executions
+    found = await info(queue, job_id)
+    assert (found.state, found.result, found.attempts) == (pq.JobState.DONE, "second", 2)
