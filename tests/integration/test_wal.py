@@ -32,19 +32,21 @@ async def test_a_reader_pinning_the_wal_is_reported(
     warned = threading.Event()
     watcher = _Watcher("wal_growing", warned)
     logging.getLogger("persistq_async").addHandler(watcher)
-    async with pq.Queue(db_path, name="wal") as q:
-        await q.put({"n": 0})
-        reader = sqlite3.connect(db_path)
-        try:
-            reader.execute("BEGIN")
-            reader.execute("SELECT count(*) FROM persistq_jobs").fetchone()  # holds a snapshot
-            with caplog.at_level(logging.WARNING, logger="persistq_async"):
-                await _put_until(q, wal, 1024 * 1024)
-                # The checkpointer thread checks after the commits; wait for its verdict.
-                assert await anyio.to_thread.run_sync(warned.wait, 10.0), "no warning in 10 s"
-        finally:
-            reader.close()
-            logging.getLogger("persistq_async").removeHandler(watcher)
+    try:
+        async with pq.Queue(db_path, name="wal") as q:
+            await q.put({"n": 0})
+            reader = sqlite3.connect(db_path)
+            try:
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM persistq_jobs").fetchone()  # a snapshot
+                with caplog.at_level(logging.WARNING, logger="persistq_async"):
+                    await _put_until(q, wal, 1024 * 1024)
+                    # The checkpointer thread checks after the commits; wait for its verdict.
+                    assert await anyio.to_thread.run_sync(warned.wait, 10.0), "no warning in 10 s"
+            finally:
+                reader.close()
+    finally:
+        logging.getLogger("persistq_async").removeHandler(watcher)
     warnings = [r for r in caplog.records if getattr(r, "action", None) == "wal_growing"]
     assert warnings, "no wal_growing warning while a reader pinned the WAL"
     assert "read transaction" in warnings[0].getMessage()
