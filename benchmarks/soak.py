@@ -323,7 +323,7 @@ class Run:
         maximum: the steady phase at 70 % of it fell behind for seconds at a time).
 
         Paced single puts, not producers putting as fast as they can: those fill every batch,
-        which a paced load never does, and overstate what it can sustain (by a third, here).
+        which a paced load never does, and overstate what it can sustain (by up to a third here).
         """
         args = self.args
         pool = await sup.add(q, self.handler, concurrency=CONCURRENCY, name=QUEUE_MAX)
