@@ -114,6 +114,18 @@ class Heartbeat(Service):
             execution.stop(StopReason.LEASE_LOST)
         except JobAlreadyFinished:
             pass
+        except PersistQError as exc:
+            # Caught here, not by run(): in the tick's task group it would reach run() wrapped
+            # in an ExceptionGroup and take the supervisor down. The next beat tries again; a
+            # lease that runs out first is rescued, and the job runs again (at-least-once).
+            log_event(
+                logger,
+                logging.WARNING,
+                "service_failed",
+                f"job {job.id}: extending its lease failed: {exc}",
+                job_id=job.id,
+                queue=job.queue,
+            )
 
 
 class Watchdog(Service):

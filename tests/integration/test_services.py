@@ -160,6 +160,40 @@ async def test_heartbeat_leaves_finished_deliveries_alone(cq: pq.Queue, clock: F
     assert (found.state, found.lease_expires_at) == (pq.JobState.DONE, None)
 
 
+async def test_a_failing_lease_extension_is_logged_and_the_others_go_on(
+    cq: pq.Queue,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Regression: a database error in one beat escaped the tick's task group as an
+    # ExceptionGroup, which the service loop did not catch, and the supervisor went down.
+    caplog.set_level(logging.WARNING, logger="persistq_async")
+    await cq.put_many([{"n": 1}, {"n": 2}])
+    pool = idle_pool(cq)
+    failing = await running(pool, cq)
+    healthy = await running(pool, cq)
+    extend = cq.store.extend
+
+    async def flaky_extend(job_id: int, token: str, seconds: float) -> float:
+        if job_id == failing.job.id:
+            raise pq.DatabaseError("writing failed on test.db: connection lost (simulated)")
+        return await extend(job_id, token, seconds)
+
+    monkeypatch.setattr(cq.store, "extend", flaky_extend)
+    clock.advance(5)
+    await Heartbeat(lambda: [pool], interval=1).tick()  # raises nothing
+    assert await lease_expiry(cq, healthy.job.id) == pytest.approx(CLOCK_START + 5 + LEASE)
+    assert await lease_expiry(cq, failing.job.id) == pytest.approx(CLOCK_START + LEASE)
+    assert failing.reason is None  # not cancelled: the lease may still be extended in time
+    warned = [r for r in caplog.records if "extending its lease failed" in r.getMessage()]
+    assert [r.job_id for r in warned] == [failing.job.id]  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(cq.store, "extend", extend)
+    await Heartbeat(lambda: [pool], interval=1).tick()
+    assert await lease_expiry(cq, failing.job.id) == pytest.approx(CLOCK_START + 5 + LEASE)
+
+
 # ---------------------------------------------------------------------- watchdog
 
 
