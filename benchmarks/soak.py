@@ -75,8 +75,8 @@ CONCURRENCY = 32
 MAX_ATTEMPTS = 3
 BACKOFF_BASE = 0.05
 BACKOFF_MAX = 0.5
-#: Producer tasks, in phase 1 (as fast as they can) and in phase 2 (paced): the same shape of
-#: load generator in both, so that its own cost is part of the maximum the load is a share of.
+#: Paced producer tasks, in phase 1 and in phase 2: the same load generator in both, so that its
+#: own cost is part of the maximum the steady load is a share of.
 PRODUCERS = 32
 #: The WAL size past which the library warns, during phase 3 only.
 PIN_WARN_BYTES = 8 * 2**20
