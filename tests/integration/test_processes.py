@@ -27,6 +27,7 @@ import pytest
 
 import persistq_async as pq
 
+from ._support import all_jobs
 from ._worker import QUEUE_NAME
 
 pytestmark = pytest.mark.timeout(120)
@@ -195,15 +196,6 @@ def attempt_rows(db_path: Path) -> dict[int, list[tuple[int, str, str | None]]]:
     for job_id, attempt, token, outcome in rows:
         found.setdefault(job_id, []).append((attempt, token, outcome))
     return found
-
-
-async def all_jobs(q: pq.Queue) -> list[pq.JobInfo]:
-    out: list[pq.JobInfo] = []
-    while True:
-        page = await q.list_jobs(limit=1000, offset=len(out))
-        out += page
-        if len(page) < 1000:
-            return out
 
 
 # ---------------------------------------------------------------------- 1. put survives kill -9
