@@ -21,12 +21,15 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_DELAY", "Checkpointer"]
+__all__ = ["CHECKPOINT_DELAY", "STOP_TIMEOUT", "Checkpointer"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds from a commit to the checkpoint it asks for; commits meanwhile share that checkpoint.
 CHECKPOINT_DELAY = 0.1
+
+#: Seconds :meth:`Checkpointer.stop` waits for the thread (a checkpoint of a long WAL included).
+STOP_TIMEOUT = 30.0
 
 
 class Checkpointer:
@@ -78,13 +81,23 @@ class Checkpointer:
         self._wanted.set()
 
     def stop(self) -> None:
-        """Stop the thread and close its connection; blocks until it has (run it off the loop)."""
+        """Stop the thread and close its connection; blocks until it has (run it off the loop).
+
+        A checkpoint under way is let finish, for up to :data:`STOP_TIMEOUT` seconds; past that
+        the (daemon) thread is left to end on its own, so that closing a queue never hangs on it.
+        """
         thread, self._thread = self._thread, None
         if thread is None:
             return
         self._stopping.set()
         self._wanted.set()
-        thread.join()
+        thread.join(STOP_TIMEOUT)
+        if thread.is_alive():
+            logger.warning(
+                "the checkpointer of %s did not stop within %.0f s; leaving it to finish",
+                self._path,
+                STOP_TIMEOUT,
+            )
 
     def _main(self, conn: sqlite3.Connection) -> None:
         try:
@@ -94,6 +107,10 @@ class Checkpointer:
                 if self._stopping.wait(CHECKPOINT_DELAY):
                     return
                 self._wanted.clear()
+                # stop() may have set both events since the wait ended; the clear just undid
+                # its wake-up, so look at the stop itself before waiting again.
+                if self._stopping.is_set():
+                    return
                 self._checkpoint(conn)
         finally:
             conn.close()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 import anyio
+import pytest
 
 import persistq_async as pq
+from persistq_async.backends import checkpointer as checkpointer_module
 from persistq_async.backends.checkpointer import Checkpointer
 
 
@@ -84,3 +87,59 @@ async def test_a_claim_finds_the_jobs_put_in_its_own_batch(db_path: Path) -> Non
         assert got[0] is not None
         assert got[0].payload == {"n": 1}
         await got[0].ack()
+
+
+def test_a_stop_that_comes_just_as_a_checkpoint_starts_is_not_lost(tmp_path: Path) -> None:
+    # A stop arriving after the delay ran out but before the request was cleared used to be
+    # cleared with it: the thread went back to waiting for a request that never came, and
+    # stop() (so Queue.aclose(), and the interpreter's exit) waited for it forever.
+    path = tmp_path / "wal.db"
+    _wal_database(path).close()
+    checkpointer = Checkpointer(path, synchronous="NORMAL")
+
+    class StopArrivesNow(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            stopped = super().wait(timeout)
+            if not stopped:
+                # What stop() does, at the worst moment; no later set() comes to the rescue.
+                self.set()
+                checkpointer._wanted.set()
+            return stopped
+
+    checkpointer._stopping = StopArrivesNow()
+    checkpointer.start()
+    thread = checkpointer._thread
+    assert thread is not None
+    checkpointer.request()
+    thread.join(10)
+    try:
+        assert not thread.is_alive(), "the checkpointer missed the stop and waits forever"
+    finally:
+        checkpointer.stop()
+
+
+def test_stop_waits_for_a_stuck_checkpoint_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "wal.db"
+    _wal_database(path).close()
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(busy: int, frames: int, done: int) -> None:
+        entered.set()
+        release.wait(10)
+
+    monkeypatch.setattr(checkpointer_module, "STOP_TIMEOUT", 0.2)
+    checkpointer = Checkpointer(path, synchronous="NORMAL", on_result=stuck)
+    checkpointer.start()
+    thread = checkpointer._thread
+    assert thread is not None
+    checkpointer.request()
+    assert entered.wait(10), "no checkpoint within 10 s of the request"
+    with caplog.at_level(logging.WARNING, logger=checkpointer_module.__name__):
+        checkpointer.stop()  # returns although the checkpoint has not ended
+    assert thread.is_alive()
+    assert "did not stop within" in caplog.text
+    release.set()
+    thread.join(10)
+    assert not thread.is_alive()
