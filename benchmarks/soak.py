@@ -710,8 +710,12 @@ async def main_async(args: argparse.Namespace, db: Path) -> int:
             f" jobs/s, x{args.ramp_factor} ...",
             flush=True,
         )
-        async with pq.Queue(db, name=QUEUE_MAX, **options) as q_max:
-            maximum = await run.measure_max(sup, q_max)
+        if args.maximum:
+            maximum = args.maximum
+            print(f"  skipped: --maximum {maximum:.1f}", flush=True)
+        else:
+            async with pq.Queue(db, name=QUEUE_MAX, **options) as q_max:
+                maximum = await run.measure_max(sup, q_max)
         rate = maximum * args.load
         print(f"  maximum {maximum:.1f} jobs/s; steady load {rate:.1f} jobs/s", flush=True)
         total = args.minutes * 60 + args.pin_seconds + args.after_seconds
@@ -829,6 +833,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp-start", type=float, default=800.0, help="first step (800/s)")
     parser.add_argument("--ramp-factor", type=float, default=1.15, help="step to step (1.15)")
     parser.add_argument("--load", type=float, default=0.7, help="share of the maximum (0.7)")
+    parser.add_argument(
+        "--maximum",
+        type=float,
+        help="skip phase 1 and take this as the maximum (jobs/s), e.g. to repeat a run's load",
+    )
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between samples")
     parser.add_argument("--warm-up", type=float, help="seconds (default: 20%% of steady, 20..60)")
     parser.add_argument("--pin-seconds", type=float, default=30.0, help="phase 3 (30)")

@@ -14,6 +14,7 @@ hand-back, cancel); while it runs, the job row carries its ``started_at`` and le
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import uuid
@@ -97,6 +98,10 @@ _ACK_MANY = (
 )
 # Without RETURNING for executemany (bulk acks); with it for one ack that must explain a miss.
 _ACK = _ACK_MANY.returning(*_SETTLED_COLUMNS)
+# The running jobs among some ids, with their lease tokens (the check before bulk acks).
+_LEASES = select(jobs.c.id, jobs.c.lease_token).where(
+    jobs.c.id.in_(bindparam("p_ids", expanding=True)), RUNNING
+)
 _NACK = (
     update(jobs)
     .where(*_FENCE)
@@ -157,6 +162,29 @@ _NEXT_DUE = select(
     .scalar_subquery(),
     select(func.min(jobs.c.lease_expires_at)).where(RUNNING).scalar_subquery(),
 )
+
+
+#: Rows one bulk put may insert: SQLite allows 32,766 bound values in a statement (3.32+).
+BULK_PUT_ROWS = 2_000
+_PUT_COLUMNS = (
+    "queue",
+    "state",
+    "payload",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "enqueued_at",
+    "created_at",
+    "dedupe_key",
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_insert_sql(rows: int) -> str:
+    """``INSERT INTO jobs (...) VALUES (?, ...), ...`` for ``rows`` rows (SQLite's paramstyle)."""
+    one = "(" + ", ".join("?" * len(_PUT_COLUMNS)) + ")"
+    return f"INSERT INTO {jobs.name} ({', '.join(_PUT_COLUMNS)}) VALUES " + ", ".join([one] * rows)
 
 
 def _claim_statement(backend: Backend) -> Any:
@@ -599,11 +627,50 @@ class JobStore:
 
     async def put(self, queue: str, new: Sequence[NewJob]) -> list[int]:
         """Insert jobs in one transaction; returns their ids (or the dedupe holders' ids)."""
-        return await self._write(
+        writer = self._check_open()
+        op: Op[list[int]] = Op(
             self._put_fn(queue, new),
-            on_commit=lambda _ids: self._notify(queue, work=True),
+            lambda _ids: self._notify(queue, work=True),
             kind="put",
         )
+        if (
+            self.backend.name == "sqlite"
+            and len(new) <= BULK_PUT_ROWS
+            and all(job.dedupe_key is None for job in new)
+        ):
+            op.bulk = self._bulk_put
+            op.data = (queue, new)
+        return await writer.run(op)
+
+    def _bulk_put(self, conn: Connection, ops: list[Op[Any]]) -> bool:
+        """The puts of one batch (SQLite, no dedupe keys) as one multi-row ``INSERT``.
+
+        One statement is atomic: if it fails, nothing of it was written, and False sends the
+        puts one by one so that each gets its own outcome. Under the write lock AUTOINCREMENT
+        hands out consecutive ids in the order of the rows, so the last id gives all of them.
+        """
+        now = self.clock()
+        rows = [self._row(op.data[0], job, now) for op in ops for job in op.data[1]]
+        if len(rows) > BULK_PUT_ROWS:
+            return False
+        params = [row[column] for row in rows for column in _PUT_COLUMNS]
+        try:
+            last = conn.exec_driver_sql(_multi_insert_sql(len(rows)), tuple(params)).lastrowid
+        except DBAPIError as exc:
+            if self.backend.is_busy(exc):
+                raise
+            logger.debug("a bulk put failed; the puts run one by one", exc_info=True)
+            return False
+        if last is None:  # pragma: no cover - sqlite3 always reports the last rowid
+            raise DatabaseError(f"writing failed on {self.where}: no id for a bulk insert")
+        next_id = int(last) - len(rows) + 1
+        for op in ops:
+            count = len(op.data[1])
+            op.result = list(range(next_id, next_id + count))
+            next_id += count
+        for queue in sorted({op.data[0] for op in ops}):
+            self.backend.notify_work(conn, queue)
+        return True
 
     async def put_in(
         self, connection: AsyncConnection, queue: str, new: Sequence[NewJob]
@@ -825,44 +892,46 @@ class JobStore:
         await writer.run(op)
 
     def _bulk_ack(self, conn: Connection, ops: list[Op[Any]]) -> bool:
-        """Acks of one batch as two executemany statements; False (nothing written) when any of
-        them is not plainly running under its token, so they go one by one and report why."""
-        if not conn.dialect.supports_sane_multi_rowcount:
-            return False  # an executemany's row count is the proof; without it, one by one
-        now = self.clock()
+        """Acks of one batch as one select and two executemany statements; False (nothing
+        written) when any of them is not plainly running under its token, so they go one by
+        one and report why."""
         found = [op.data for op in ops]
-        savepoint = conn.begin_nested()
-        try:
-            updated = conn.execute(
-                _ACK_MANY,
-                [
-                    {"p_job_id": job_id, "p_token": token, "p_result": result, "p_now": now}
-                    for job_id, token, result, _, _, _ in found
-                ],
-            ).rowcount
-            if updated != len(ops):
-                savepoint.rollback()
-                return False
-            conn.execute(
-                _INSERT_ATTEMPT,
-                [
-                    {
-                        "job_id": job_id,
-                        "attempt": attempt,
-                        "lease_token": token,
-                        "started_at": started_at,
-                        "finished_at": now,
-                        "outcome": "acked",
-                        "error": None,
-                    }
-                    for job_id, token, _, _, attempt, started_at in found
-                ],
+        ids = [job_id for job_id, _, _, _, _, _ in found]
+        if len(set(ids)) != len(ids):
+            return False  # the same job twice: the second must report the first's outcome
+        # The write lock is held from here to the commit: what this select sees, the updates
+        # find. Checking first costs one statement where a savepoint around them cost two.
+        leased = dict(conn.execute(_LEASES, {"p_ids": ids}).all())
+        if any(leased.get(job_id) != token for job_id, token, _, _, _, _ in found):
+            return False
+        now = self.clock()
+        updated = conn.execute(
+            _ACK_MANY,
+            [
+                {"p_job_id": job_id, "p_token": token, "p_result": result, "p_now": now}
+                for job_id, token, result, _, _, _ in found
+            ],
+        ).rowcount
+        if conn.dialect.supports_sane_multi_rowcount and updated != len(ops):
+            # Cannot happen under the write lock; fail the batch (rolled back) rather than guess.
+            raise DatabaseError(
+                f"writing failed on {self.where}: {updated} of {len(ops)} acks applied"
             )
-            savepoint.commit()
-        except BaseException:
-            if savepoint.is_active:
-                savepoint.rollback()
-            raise
+        conn.execute(
+            _INSERT_ATTEMPT,
+            [
+                {
+                    "job_id": job_id,
+                    "attempt": attempt,
+                    "lease_token": token,
+                    "started_at": started_at,
+                    "finished_at": now,
+                    "outcome": "acked",
+                    "error": None,
+                }
+                for job_id, token, _, _, attempt, started_at in found
+            ],
+        )
         for op, (_, _, _, queue, _, _) in zip(ops, found, strict=True):
             op.result = queue
         return True

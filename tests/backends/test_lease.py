@@ -94,6 +94,42 @@ async def test_expired_lease_on_the_last_attempt_makes_the_job_dead(
     assert (await cq.stats()).dead == 1
 
 
+async def test_a_stale_ack_among_concurrent_acks_is_refused_alone(
+    cq: pq.Queue, clock: FakeClock
+) -> None:
+    # Acks that meet in one write batch are applied together (SQLite): one stale among them
+    # must be refused on its own, and every other one applied, with one attempt row each.
+    await cq.put("taken twice")
+    stale = await cq.get_nowait()
+    assert stale is not None
+    clock.advance(11)
+    for i in range(4):
+        await cq.put(i)
+    fresh, _ = await cq.claim(5)
+    assert len(fresh) == 5
+    outcomes: dict[int, BaseException | None] = {}
+
+    async def ack(key: int, job: pq.Job) -> None:
+        try:
+            await job.ack(key)
+            outcomes[key] = None
+        except pq.PersistQError as exc:
+            outcomes[key] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ack, -1, stale)
+        for key, job in enumerate(fresh[1:], start=1):
+            tg.start_soon(ack, key, job)
+    assert isinstance(outcomes.pop(-1), pq.LeaseLost)
+    await ack(0, fresh[0])  # the stale delivery's job, acked by its current holder
+    assert outcomes == dict.fromkeys(range(5))
+    for key, job in enumerate(fresh):
+        info = await cq.job(job.id)
+        assert info is not None
+        assert (info.state, info.result) == (pq.JobState.DONE, key)
+        assert [a.outcome for a in info.history].count("acked") == 1
+
+
 async def test_ack_twice_raises_job_already_finished(queue: pq.Queue) -> None:
     await queue.put("x")
     job = await queue.get_nowait()

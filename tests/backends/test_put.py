@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
@@ -24,6 +27,59 @@ PAYLOADS = [
     [1, "two", 3.0, None, [True, {"deep": [{"x": -1e-300}]}]],
     {"to": "a@example.org", "n": 1, "tags": ["a", "b"], "nested": {"k": None}},
 ]
+
+
+async def test_concurrent_puts_each_get_the_id_of_their_own_job(queue: pq.Queue) -> None:
+    # Puts that meet in one write batch are inserted together (SQLite): each must still get
+    # the id of the row that holds its own payload and options.
+    got: dict[int, int] = {}
+
+    async def put(i: int) -> None:
+        got[i] = await queue.put({"n": i}, priority=i % 5, max_attempts=1 + i % 3)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(150):
+            tg.start_soon(put, i)
+    assert len(set(got.values())) == 150
+    for i, job_id in got.items():
+        info = await queue.job(job_id)
+        assert info is not None
+        assert (info.payload, info.priority, info.max_attempts) == ({"n": i}, i % 5, 1 + i % 3)
+
+
+async def test_a_put_that_fails_among_concurrent_ones_fails_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLite only: batched puts are the SQLite writer's, and the trigger is SQLite's syntax.
+    path = tmp_path / "jobs.db"
+    outcomes: dict[int, int | Exception] = {}
+    async with pq.Queue(path, name="q") as queue:
+        with sqlite3.connect(path) as conn:
+            conn.execute(
+                "CREATE TRIGGER no_sevens BEFORE INSERT ON persistq_jobs WHEN NEW.priority = 7 "
+                "BEGIN SELECT RAISE(ABORT, 'no sevens here'); END"
+            )
+
+        async def put(i: int) -> None:
+            try:
+                outcomes[i] = await queue.put({"n": i}, priority=i)
+            except pq.PersistQError as exc:
+                outcomes[i] = exc
+
+        with caplog.at_level(logging.DEBUG, logger="persistq_async.store"):
+            async with anyio.create_task_group() as tg:
+                for i in range(10):
+                    tg.start_soon(put, i)
+        assert "a bulk put failed" in caplog.text  # the batch was tried as one insert first
+        failed = outcomes.pop(7)
+        assert isinstance(failed, pq.PersistQError)
+        assert "no sevens here" in str(failed)
+        for i, job_id in outcomes.items():
+            assert isinstance(job_id, int), (i, job_id)
+            info = await queue.job(job_id)
+            assert info is not None
+            assert (info.payload, info.priority) == ({"n": i}, i)
+        assert (await queue.stats()).queued == 9
 
 
 async def test_put_returns_distinct_increasing_ids(queue: pq.Queue) -> None:
