@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import threading
+import time
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -67,6 +71,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     "PERSISTQ_REQUIRE_PG=1 but PERSISTQ_TEST_PG_URL is not set: " + PG_HINT
                 )
             item.add_marker(pytest.mark.skip(reason=PG_HINT))
+
+
+#: Seconds the run waits at its end for threads that are still finishing.
+THREAD_GRACE = 10.0
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the run with an error, not a hang, when a test left a non-daemon thread running.
+
+    The interpreter waits for such threads before it exits (aiosqlite's connection threads are
+    non-daemon), so a queue a test failed to close would otherwise hold the run open forever.
+    """
+    deadline = time.monotonic() + THREAD_GRACE
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    leftover = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if not leftover:
+        return
+    frames = sys._current_frames()
+    out = sys.__stderr__ or sys.stderr
+    print(
+        f"\nERROR: {len(leftover)} non-daemon thread(s) still running {THREAD_GRACE:.0f} s "
+        "after the last test (a queue or engine left open?); exiting instead of hanging:",
+        file=out,
+    )
+    for thread in leftover:
+        print(f"--- {thread.name} (native id {thread.native_id})", file=out)
+        frame = frames.get(thread.ident or -1)
+        if frame is not None:
+            print("".join(traceback.format_stack(frame)), file=out)
+    out.flush()
+    os._exit(3)
 
 
 @pytest.fixture(autouse=True)
