@@ -67,7 +67,9 @@ HANDLER_MODULE = EVENT_LOG_MODULE + textwrap.dedent(
         event("start", job)
         how = "cancelled"
         try:
-            await anyio.sleep(random.uniform(0.02, 0.05))
+            # Long enough that a wave keeps every slot busy for most of its 1.5 s: a kill
+            # then nearly always lands mid-handler (at 20-50 ms it often found them all idle).
+            await anyio.sleep(random.uniform(0.1, 0.3))
             how = "returned"
         finally:
             event("stop", job, how)
