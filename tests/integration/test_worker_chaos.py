@@ -211,9 +211,11 @@ async def test_kill_9_chaos_three_worker_processes_every_job_done_once(
             ids += await q.put_many(
                 [{"n": n} for n in range(wave * per_wave, (wave + 1) * per_wave)],
                 delay=wave * WAVE_SECONDS,
+                # Only a kill of its holder expires a delivery, so no job can spend more
+                # attempts than there are kills: none can end dead, every one must end done.
+                max_attempts=MAX_KILLS + 1,
             )
         assert len(ids) == JOBS
-        assert q.options.max_attempts == 5
 
     slots = [launch("chaos", concurrency=CONCURRENCY) for _ in range(WORKERS)]
     killed: dict[int, float] = {}  # pid -> time.time() once it was certainly dead
@@ -221,6 +223,7 @@ async def test_kill_9_chaos_three_worker_processes_every_job_done_once(
     began = time.monotonic()
     while (counts := state_counts(db))["done"] < JOBS:
         elapsed = time.monotonic() - began
+        assert not counts["dead"], f"a job ended dead (seed {seed}): {dict(counts)}"
         assert elapsed < CHAOS_BUDGET, (
             f"chaos not over after {elapsed:.1f}s (seed {seed}): {dict(counts)}, "
             f"{len(killed)} kills"
