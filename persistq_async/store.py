@@ -360,7 +360,6 @@ class JobStore:
                     self._writer = DirectWriter(
                         self._engine, where=self.where, is_busy=self.backend.is_busy
                     )
-                await self.backend.start_background()
                 if self.backend.needs_watch_connection():
                     self._watch_conn = await self._engine.connect()
                 await self.backend.start_watching(lambda queue: self._notify(queue, work=True))
@@ -385,7 +384,6 @@ class JobStore:
     async def _dispose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self.backend.stop_watching()
-            await self.backend.stop_background()
             if self._writer is not None:
                 await self._writer.aclose()
                 self._writer = None

@@ -66,12 +66,6 @@ class Backend(abc.ABC):
         """Inside a write transaction that made jobs of ``queue`` claimable: tell other
         processes at commit, where the database can."""
 
-    async def start_background(self) -> None:  # noqa: B027 - optional hook
-        """Start what runs beside the writer once the schema is ready (SQLite: checkpoints)."""
-
-    async def stop_background(self) -> None:  # noqa: B027 - optional hook
-        """Stop what :meth:`start_background` began."""
-
     async def start_watching(self, on_work: Callable[[str], None]) -> None:  # noqa: B027
         """Begin listening for other processes' :meth:`notify_work`; ``on_work(queue)``."""
 

@@ -8,11 +8,18 @@ Pragmas, and why:
   a crash of the process but may be lost with the last transactions on power loss.
 - ``busy_timeout``: a writer waits for another process's write lock instead of failing.
 - ``journal_size_limit``: the WAL file is truncated back to this size after a checkpoint, so it
-  stays bounded under continuous load (auto-checkpoint runs every 1000 pages).
+  stays bounded under continuous load.
+- ``wal_autocheckpoint`` (writer connection, :data:`AUTOCHECKPOINT_PAGES`): the writer copies the
+  WAL back into the database in small steps, inside the commit that passes the mark.
 - ``foreign_keys=ON``: attempt rows go with their job.
 
-Checkpoints mostly run in a thread of their own (:mod:`.checkpointer`), so that commits, and the
-jobs waiting for them, do not wait while the WAL is copied into the database.
+Only the writer connection checkpoints. SQLite 3.7.0 to 3.51.2 (fixed in 3.51.3, 3.50.7 and
+3.44.6) have a race, the WAL-reset bug, in which a checkpoint that starts while *another*
+connection resets the WAL can leave pages uncopied and corrupt the database. A checkpoint on the
+connection that also does all the writes can never overlap its own reset. (A thread with a
+connection of its own that checkpointed beside the writer, tried for latency, corrupted the
+database in a 30-minute kill -9 chaos run; see docs/soak.md.) Several processes writing one file
+each still checkpoint on their own writer, which a version with the bug cannot make safe.
 """
 
 from __future__ import annotations
@@ -34,12 +41,17 @@ from sqlalchemy.pool import NullPool
 from ..errors import DatabaseError, SchemaError
 from ..schema import APPLICATION_ID
 from .base import Backend
-from .checkpointer import Checkpointer
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["WAL_CHECK_INTERVAL", "WAL_WARN_BYTES", "SQLiteBackend"]
+__all__ = [
+    "AUTOCHECKPOINT_PAGES",
+    "WAL_CHECK_INTERVAL",
+    "WAL_RESET_BUG",
+    "WAL_WARN_BYTES",
+    "SQLiteBackend",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +63,20 @@ _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WAL_WARN_BYTES = 64 * 1024 * 1024
 #: Seconds between two checks of the WAL by the writer.
 WAL_CHECK_INTERVAL = 5.0
+#: WAL pages after which a commit checkpoints (SQLite's default is 1000): a smaller step holds
+#: the write lock, and the writes queued behind it, for less time at once.
+AUTOCHECKPOINT_PAGES = 250
+
+
+def _has_wal_reset_bug(version: tuple[int, int, int]) -> bool:
+    """Whether this SQLite version has the WAL-reset bug (see the module docstring)."""
+    if version >= (3, 51, 3):
+        return False
+    return not ((3, 50, 7) <= version < (3, 51, 0) or (3, 44, 6) <= version < (3, 45, 0))
+
+
+#: Whether the SQLite this process uses has the WAL-reset bug.
+WAL_RESET_BUG = _has_wal_reset_bug(sqlite3.sqlite_version_info)
 
 
 def _foreign_tables(path: Path, mode: str) -> list[str]:
@@ -81,7 +107,6 @@ class SQLiteBackend(Backend):
         self._wal_checked = 0.0
         self._wal_warned = 0
         self._synced = True  # the writer connection starts at the configured synchronous
-        self._checkpointer: Checkpointer | None = None
 
     def choose_sync(self, conn: Connection, batch: list[Any]) -> None:
         """On the writer thread before a batch: at durability "full", skip the fsync of a batch
@@ -105,28 +130,12 @@ class SQLiteBackend(Backend):
             cursor.close()
         self._synced = durable
 
-    async def start_background(self) -> None:
-        """Start the checkpointer thread (see :mod:`.checkpointer`)."""
-        synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
-        checkpointer = Checkpointer(self.path, synchronous=synchronous, on_result=self._checked)
-        await anyio.to_thread.run_sync(checkpointer.start)
-        self._checkpointer = checkpointer
-
-    async def stop_background(self) -> None:
-        """Stop the checkpointer thread."""
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            await anyio.to_thread.run_sync(checkpointer.stop)
-
     def maintain_wal(self, conn: Connection) -> None:
-        """On the writer thread after a commit: ask the checkpointer to copy the WAL back.
+        """On the writer thread after a commit: now and then, see whether checkpoints keep up.
 
-        Without a checkpointer thread (it could not connect), check the WAL here instead.
+        The commits' own checkpoints (``wal_autocheckpoint``) copy the WAL back; this one, every
+        :data:`WAL_CHECK_INTERVAL` seconds, reports what they cannot copy.
         """
-        checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.running:
-            checkpointer.request()
-            return
         if time.monotonic() - self._wal_checked < WAL_CHECK_INTERVAL:
             return
         # On the DBAPI cursor: outside any transaction, which a checkpoint needs.
@@ -193,6 +202,7 @@ class SQLiteBackend(Backend):
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
                 cursor.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+                cursor.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
             finally:
                 cursor.close()
 
