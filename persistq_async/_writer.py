@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -280,8 +281,12 @@ class ThreadWriter(Writer):
         is_busy: Callable[[BaseException], bool],
         maintain: Callable[[Connection], None] | None = None,
         before_batch: Callable[[Connection, list[Op[Any]]], None] | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._connect = connect
+        #: Held around everything the thread does with its connection (see
+        #: :meth:`.SQLiteBackend.writer_lock`).
+        self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
         self._maintain = maintain
         self._before_batch = before_batch
         self._where = where
@@ -328,7 +333,8 @@ class ThreadWriter(Writer):
             return
         try:
             try:
-                setup(conn)
+                with self._lock:
+                    setup(conn)
             except BaseException as exc:
                 loop.call_soon_threadsafe(report, exc)
                 return
@@ -337,23 +343,28 @@ class ThreadWriter(Writer):
                 batch = self._requests.get()
                 if batch is None:
                     return
-                if self._before_batch is not None:
-                    self._before_batch(conn, batch)
-                run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
-                if self._maintain is not None:
-                    try:
-                        self._maintain(conn)
-                    except Exception:  # housekeeping must never stop the writer
-                        logger.debug("writer housekeeping failed", exc_info=True)
+                with self._lock:
+                    self._run(conn, batch)
                 try:
                     loop.call_soon_threadsafe(self._completed, batch)
                 except RuntimeError:  # the event loop is gone; nobody is waiting any more
                     return
         finally:
             try:
-                conn.close()
+                with self._lock:
+                    conn.close()
             except SQLAlchemyError:
                 logger.debug("closing the write connection failed", exc_info=True)
+
+    def _run(self, conn: Connection, batch: list[Op[Any]]) -> None:
+        if self._before_batch is not None:
+            self._before_batch(conn, batch)
+        run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
+        if self._maintain is not None:
+            try:
+                self._maintain(conn)
+            except Exception:  # housekeeping must never stop the writer
+                logger.debug("writer housekeeping failed", exc_info=True)
 
     def _schedule(self) -> None:
         # Dispatch a few loop iterations later, not at once: tasks woken by the last commit

@@ -348,6 +348,7 @@ class JobStore:
                         is_busy=self.backend.is_busy,
                         maintain=getattr(self.backend, "maintain_wal", None),
                         before_batch=getattr(self.backend, "choose_sync", None),
+                        lock=self.backend.writer_lock(),
                     )
                     try:
                         await writer.start(self._create_schema)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Select
@@ -61,6 +62,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def change_token(self, conn: AsyncConnection | None) -> int:
         """A number that changes when another connection commits (cheap to read)."""
+
+    def writer_lock(self) -> AbstractContextManager[Any] | None:
+        """A lock the writer thread holds around each batch, if the backend needs one."""
+        return None
 
     def notify_work(self, conn: Connection, queue: str) -> None:  # noqa: B027 - optional hook
         """Inside a write transaction that made jobs of ``queue`` claimable: tell other

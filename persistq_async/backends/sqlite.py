@@ -16,10 +16,12 @@ Pragmas, and why:
 Only the writer connection checkpoints. SQLite 3.7.0 to 3.51.2 (fixed in 3.51.3, 3.50.7 and
 3.44.6) have a race, the WAL-reset bug, in which a checkpoint that starts while *another*
 connection resets the WAL can leave pages uncopied and corrupt the database. A checkpoint on the
-connection that also does all the writes can never overlap its own reset. (A thread with a
-connection of its own that checkpointed beside the writer, tried for latency, corrupted the
-database in a 30-minute kill -9 chaos run; see docs/soak.md.) Several processes writing one file
-each still checkpoint on their own writer, which a version with the bug cannot make safe.
+connection that also does all the writes can never overlap its own reset, and the writers of
+the queues one process has open on one file take turns (:meth:`SQLiteBackend.writer_lock`). (A
+thread with a connection of its own that checkpointed beside the writer, tried for latency,
+corrupted the database in a 30-minute kill -9 chaos run; see docs/soak.md.) Several processes
+writing one file each checkpoint on their own writer, which a version with the bug cannot make
+safe.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,6 +100,12 @@ def _foreign_tables(path: Path, mode: str) -> list[str]:
     return sorted(t for t in tables if not t.startswith(("persistq_", "sqlite_")))
 
 
+#: One lock per database file (by real path) for the writers of this process; never removed
+#: (one small lock per file a process ever wrote).
+_writer_locks: dict[str, threading.Lock] = {}
+_writer_locks_guard = threading.Lock()
+
+
 class SQLiteBackend(Backend):
     """An SQLite file: one writer connection per queue, a few readers."""
 
@@ -129,6 +138,20 @@ class SQLiteBackend(Backend):
         finally:
             cursor.close()
         self._synced = durable
+
+    def writer_lock(self) -> threading.Lock:
+        """The lock the writers of this process hold around their work on this file.
+
+        Every queue has a writer connection of its own; two queues on one file are two writers.
+        SQLite's write lock already makes their transactions take turns, but a commit's
+        checkpoint runs after that lock is released: holding this lock from ``BEGIN`` until the
+        checkpoint is done keeps one writer's checkpoint from starting while the other resets
+        the WAL (the WAL-reset bug, in the module docstring). It costs no throughput: the
+        transactions could not overlap anyway.
+        """
+        key = os.path.realpath(self.path)
+        with _writer_locks_guard:
+            return _writer_locks.setdefault(key, threading.Lock())
 
     def maintain_wal(self, conn: Connection) -> None:
         """On the writer thread after a commit: now and then, see whether checkpoints keep up.

@@ -62,3 +62,36 @@ async def test_the_writers_commits_keep_the_wal_small(db_path: Path) -> None:
 )
 def test_the_versions_with_the_wal_reset_bug(version: tuple[int, int, int], bug: bool) -> None:
     assert sqlite_backend._has_wal_reset_bug(version) is bug
+
+
+async def test_the_writers_of_one_file_take_turns(tmp_path: Path) -> None:
+    # Two queues on one file (one by a symlink) have two writer connections; each holds the
+    # file's lock from BEGIN to the end of its commit's checkpoint, so neither checkpoints
+    # while the other resets the WAL.
+    path = tmp_path / "jobs.db"
+    link = tmp_path / "link.db"
+    link.symlink_to(path)
+    async with pq.Queue(path, name="a") as qa, pq.Queue(link, name="b") as qb:
+        lock = qa.store.backend.writer_lock()
+        assert lock is not None
+        assert lock is qb.store.backend.writer_lock()
+        await anyio.to_thread.run_sync(lock.acquire)
+        done = anyio.Event()
+
+        async def put() -> None:
+            await qb.put({"n": 1})
+            done.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(put)
+                with anyio.move_on_after(0.3):
+                    await done.wait()
+                assert not done.is_set(), "a write went through while the file's lock was held"
+                lock.release()
+                with anyio.fail_after(10):
+                    await done.wait()
+        finally:
+            if lock.locked() and not done.is_set():
+                lock.release()
+        assert (await qb.stats()).queued == 1
