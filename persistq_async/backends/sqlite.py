@@ -154,29 +154,14 @@ class SQLiteBackend(Backend):
             return _writer_locks.setdefault(key, threading.Lock())
 
     def maintain_wal(self, conn: Connection) -> None:
-        """On the writer thread after a commit: now and then, see whether checkpoints keep up.
+        """On the writer thread after a commit: notice a WAL that checkpoints cannot shrink.
 
-        The commits' own checkpoints (``wal_autocheckpoint``) copy the WAL back; this one, every
-        :data:`WAL_CHECK_INTERVAL` seconds, reports what they cannot copy.
-        """
-        if time.monotonic() - self._wal_checked < WAL_CHECK_INTERVAL:
-            return
-        # On the DBAPI cursor: outside any transaction, which a checkpoint needs.
-        cursor = conn.connection.cursor()
-        try:
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            row: Any = cursor.fetchone()
-        finally:
-            cursor.close()
-        self._checked(*row)
-
-    def _checked(self, _busy: int, frames: int, done: int) -> None:
-        """After a checkpoint: notice a WAL that checkpoints cannot shrink.
-
-        Checkpoints copy the WAL back into the database and the writer then reuses it from the
+        The commits' own checkpoints copy the WAL back and the writer then reuses it from the
         start (``journal_size_limit`` truncates it), so it stays small, unless a reader holds a
         snapshot open (a long read transaction): no checkpoint can pass it, and the WAL grows
-        with every commit. Say so, loudly, once per doubling.
+        with every commit. Every :data:`WAL_CHECK_INTERVAL` seconds the file's size is looked
+        at; past :data:`WAL_WARN_BYTES`, a checkpoint tells whether it is pinned. Say so,
+        loudly, once per doubling.
         """
         now = time.monotonic()
         if now - self._wal_checked < WAL_CHECK_INTERVAL:
@@ -188,6 +173,14 @@ class SQLiteBackend(Backend):
             return
         if size < WAL_WARN_BYTES or size < 2 * self._wal_warned:
             return
+        # On the DBAPI cursor: outside any transaction, which a checkpoint needs.
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            row: Any = cursor.fetchone()
+            _busy, frames, done = row
+        finally:
+            cursor.close()
         if frames > 0 and done < frames:
             self._wal_warned = size
             logger.warning(
