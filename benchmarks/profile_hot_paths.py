@@ -52,7 +52,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 import persistq_async as pq
-from persistq_async import _writer
+from persistq_async.store import writer as _writer
 
 PATHS = ("put", "put100", "put_many", "cycle", "cycle64", "pool")
 

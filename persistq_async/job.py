@@ -16,6 +16,7 @@ from ._crash import crash_point
 from ._types import JobState
 from .errors import JobAlreadyFinished, SerializationError
 from .monitoring import log_event
+from .store import Delivery
 
 if TYPE_CHECKING:
     from ._types import Serializer
@@ -230,14 +231,16 @@ class Job:
         self._check("ack")
         data = None if result is None else self._serializer.dumps(result)
         crash_point("before-ack")
-        await self._store.ack(
-            self.id,
-            self._token,
-            data,
-            queue=self.queue,
-            attempt=self.attempts,
-            started_at=self._started_at,
-        )
+        delivery = None
+        if self._started_at is not None:
+            delivery = Delivery(
+                job_id=self.id,
+                token=self._token,
+                queue=self.queue,
+                attempt=self.attempts,
+                started_at=self._started_at,
+            )
+        await self._store.ack(self.id, self._token, data, delivery=delivery)
         crash_point("after-ack-commit")
         self._finished = "acked"
         log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)

@@ -268,12 +268,12 @@ class Queue:
                 "connection: expected an AsyncConnection or AsyncSession, "
                 f"got {type(connection).__name__}"
             )
-        if not _same_database(conn.engine.url, self.url):
+        if not store.backend.same_database(conn.engine.url):
             raise ArgumentError(
                 "connection: it is on another database than the queue "
                 f"({conn.engine.url.render_as_string(hide_password=True)})"
             )
-        return await store.put_in(conn, self.name, new)
+        return await store.put_within(conn, self.name, new)
 
     # ------------------------------------------------------------------ get
 
@@ -445,7 +445,7 @@ class Queue:
     async def job(self, job_id: int) -> JobInfo | None:
         """The job with this id in this queue, with its history; None if there is none."""
         store = self.store
-        found = await store.get(self.name, check_int("job_id", job_id))
+        found = await store.read_job(check_int("job_id", job_id), self.name)
         if found is None:
             return None
         return JobInfo.from_record(found[0], found[1], self.serializer)
@@ -469,7 +469,7 @@ class Queue:
         :raises JobNotFound: no such job in this queue.
         :raises JobStateError: the job is queued or running.
         """
-        await self.store.requeue(self.name, check_int("job_id", job_id))
+        await self.store.requeue(check_int("job_id", job_id), self.name)
         log_event(
             logger, logging.INFO, "job_requeued", "job requeued", job_id=job_id, queue=self.name
         )
@@ -480,7 +480,7 @@ class Queue:
         :returns: False when the job had already finished.
         :raises JobNotFound: no such job in this queue.
         """
-        cancelled = await self.store.cancel(self.name, check_int("job_id", job_id))
+        cancelled = await self.store.cancel(check_int("job_id", job_id), self.name)
         if cancelled:
             log_event(
                 logger,
@@ -497,7 +497,7 @@ class Queue:
 
         :raises JobNotFound: no such job in this queue.
         """
-        await self.store.delete(self.name, check_int("job_id", job_id))
+        await self.store.delete(check_int("job_id", job_id), self.name)
         log_event(
             logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name
         )
@@ -528,11 +528,3 @@ def _check_state(state: Any) -> JobState:
             known = ", ".join(s.value for s in JobState)
             raise ArgumentError(f"state: unknown state {state!r} (known: {known})") from None
     raise ArgumentTypeError(f"state: expected a JobState or str, got {type(state).__name__}")
-
-
-def _same_database(a: URL, b: URL) -> bool:
-    if a.get_backend_name() != b.get_backend_name():
-        return False
-    if a.get_backend_name() == "sqlite":
-        return os.path.realpath(a.database or "") == os.path.realpath(b.database or "")
-    return (a.host, a.port or 5432, a.database) == (b.host, b.port or 5432, b.database)

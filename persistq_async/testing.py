@@ -11,7 +11,10 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._checks import check_int
 from .errors import Reject, Retry
@@ -19,7 +22,28 @@ from .job import Job
 from .pool import check_handler
 from .queue import Queue
 
-__all__ = ["drain", "temporary_queue"]
+__all__ = ["drain", "read_connection", "run_write", "temporary_queue"]
+
+T = TypeVar("T")
+
+
+async def run_write(queue: Queue, fn: Callable[[Connection], T], *, kind: str = "write") -> T:
+    """Run ``fn`` on the queue's write connection, in a transaction of its writer.
+
+    For tests that must reach what belongs to that one connection (SQLite pragmas such as
+    ``max_page_count``, a fault to inject); ``kind`` names the operation as the writer sees it
+    (``"put"``, ``"claim"``, ``"ack"``...), which decides, for instance, whether SQLite syncs.
+    """
+    return await queue.store.write(fn, kind=kind)
+
+
+@asynccontextmanager
+async def read_connection(queue: Queue) -> AsyncIterator[AsyncConnection]:
+    """A connection of the queue's read pool, for tests that inspect the database directly."""
+    store = queue.store
+    engine = store.engine
+    async with engine.connect() as conn:
+        yield conn
 
 
 @asynccontextmanager

@@ -1,9 +1,15 @@
-"""What every backend provides: engines, how write transactions begin, change detection."""
+"""The driver interface: every way the job path differs by database is a declared method here.
+
+A module outside ``backends/`` never asks which database it runs on; it calls one of these.
+Adding a database means one new module implementing :class:`Backend`, a branch in
+:func:`~persistq_async.backends.backend_for`, and a line in the tests' backend fixture, which runs
+the whole conformance suite (``tests/backends/``) on it.
+"""
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +96,38 @@ class Backend(abc.ABC):
     def is_busy(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a lock conflict that is safe to retry."""
 
-    def is_foreign_allowed(self) -> bool:
-        """Whether a database with other tables may receive our schema (shared servers)."""
-        return False
+    @abc.abstractmethod
+    def same_database(self, other: URL) -> bool:
+        """Whether ``other`` (a normalized URL) names the database this backend opens."""
+
+    def check_owner(self, conn: Connection, tables: set[str]) -> None:  # noqa: B027
+        """Inside the schema transaction: refuse a database that belongs to something else.
+
+        :param tables: the database's table names.
+        :raises SchemaError: when the database is not one a queue may be added to.
+        """
+
+    def stamp_owner(self, conn: Connection) -> None:  # noqa: B027 - optional hook
+        """Inside the transaction that created the schema: mark the database as ours."""
+
+    @abc.abstractmethod
+    def insert_jobs(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Insert rows of the jobs table (every row with the same keys); their ids, in order."""
+
+    @abc.abstractmethod
+    def insert_deduplicated(self, conn: Connection, row: Mapping[str, Any]) -> int | None:
+        """Insert a job row unless an active job of its queue holds its ``dedupe_key``.
+
+        :returns: the new id, or None when the key was held (nothing written).
+        """
+
+    def grouped_put_rows(self) -> int:
+        """How many rows the puts of several callers in one writer batch may insert with one
+        statement (:meth:`insert_jobs`); 0 when such puts run one by one."""
+        return 0
+
+    def before_batch(self, conn: Connection, kinds: Sequence[str]) -> None:  # noqa: B027
+        """On a dedicated writer thread, before a batch of operations of these kinds."""
+
+    def after_batch(self, conn: Connection) -> None:  # noqa: B027 - optional hook
+        """On a dedicated writer thread, after a batch committed (housekeeping; must not raise)."""

@@ -11,15 +11,17 @@ job by at most ``SLOW_POLL`` seconds, it never strands it. The listener reconnec
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-from sqlalchemy import Select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import Select, insert, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ..schema import DEDUPE, jobs
 from .base import Backend
 
 __all__ = ["PostgresBackend"]
@@ -36,6 +38,8 @@ CHANNEL = "persistq_jobs"
 SLOW_POLL = 2.0
 #: Seconds between attempts to reconnect a lost listener.
 RECONNECT_DELAY = 1.0
+
+_INSERT_RETURNING = insert(jobs).returning(jobs.c.id)
 
 
 class PostgresBackend(Backend):
@@ -157,6 +161,37 @@ class PostgresBackend(Backend):
         )
         return sqlstate in ("40001", "40P01", "55P03")
 
-    def is_foreign_allowed(self) -> bool:
-        """A server database is shared with the application's own tables by design."""
-        return True
+    def same_database(self, other: URL) -> bool:
+        """The same host, port and database name."""
+        if other.get_backend_name() != "postgresql":
+            return False
+        mine = self.url
+        return (other.host, other.port or 5432, other.database) == (
+            mine.host,
+            mine.port or 5432,
+            mine.database,
+        )
+
+    def insert_jobs(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """``INSERT ... RETURNING id``, ids in the order of the rows."""
+        if len(rows) == 1:
+            return [int(conn.execute(_INSERT_RETURNING, dict(rows[0])).scalar_one())]
+        result = conn.execute(
+            insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True),
+            [dict(row) for row in rows],
+        )
+        return [int(job_id) for job_id in result.scalars()]
+
+    def insert_deduplicated(self, conn: Connection, row: Mapping[str, Any]) -> int | None:
+        """``INSERT ... ON CONFLICT DO NOTHING`` on the partial dedupe index; a server database
+        is shared with the application's own tables by design, so no owner check."""
+        stmt = (
+            pg_insert(jobs)
+            .values(**row)
+            .on_conflict_do_nothing(
+                index_elements=[jobs.c.queue, jobs.c.dedupe_key], index_where=DEDUPE
+            )
+            .returning(jobs.c.id)
+        )
+        job_id = conn.execute(stmt).scalar_one_or_none()
+        return None if job_id is None else int(job_id)

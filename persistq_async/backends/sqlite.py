@@ -26,30 +26,34 @@ safe.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
-from sqlalchemy import Select, create_engine, event
+from sqlalchemy import Select, create_engine, event, insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import DatabaseError, SchemaError
-from ..schema import APPLICATION_ID
+from ..schema import APPLICATION_ID, DEDUPE, jobs
 from .base import Backend
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import URL, Connection, Engine
 
 __all__ = [
     "AUTOCHECKPOINT_PAGES",
+    "GROUPED_PUT_ROWS",
     "WAL_CHECK_INTERVAL",
     "WAL_RESET_BUG",
     "WAL_WARN_BYTES",
@@ -69,6 +73,20 @@ WAL_CHECK_INTERVAL = 5.0
 #: WAL pages after which a commit checkpoints (SQLite's default is 1000): a smaller step holds
 #: the write lock, and the writes queued behind it, for less time at once.
 AUTOCHECKPOINT_PAGES = 250
+
+
+#: Rows one multi-row ``INSERT`` may hold: SQLite allows 32,766 bound values in a statement
+#: (3.32+), and a job row has ten.
+GROUPED_PUT_ROWS = 2_000
+
+_INSERT_RETURNING = insert(jobs).returning(jobs.c.id)
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_insert_sql(columns: tuple[str, ...], rows: int) -> str:
+    """``INSERT INTO jobs (...) VALUES (?, ...), ...`` for ``rows`` rows (SQLite's paramstyle)."""
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    return f"INSERT INTO {jobs.name} ({', '.join(columns)}) VALUES " + ", ".join([one] * rows)
 
 
 def _has_wal_reset_bug(version: tuple[int, int, int]) -> bool:
@@ -117,7 +135,7 @@ class SQLiteBackend(Backend):
         self._wal_warned = 0
         self._synced = True  # the writer connection starts at the configured synchronous
 
-    def choose_sync(self, conn: Connection, batch: list[Any]) -> None:
+    def before_batch(self, conn: Connection, kinds: Sequence[str]) -> None:
         """On the writer thread before a batch: at durability "full", skip the fsync of a batch
         that only claims or extends leases.
 
@@ -129,7 +147,7 @@ class SQLiteBackend(Backend):
         """
         if self.options.durability != "full":
             return
-        durable = any(op.kind not in ("claim", "extend") for op in batch)
+        durable = any(kind not in ("claim", "extend") for kind in kinds)
         if durable == self._synced:
             return
         cursor = conn.connection.cursor()  # outside the batch's transaction
@@ -153,7 +171,7 @@ class SQLiteBackend(Backend):
         with _writer_locks_guard:
             return _writer_locks.setdefault(key, threading.Lock())
 
-    def maintain_wal(self, conn: Connection) -> None:
+    def after_batch(self, conn: Connection) -> None:
         """On the writer thread after a commit: notice a WAL that checkpoints cannot shrink.
 
         The commits' own checkpoints copy the WAL back and the writer then reuses it from the
@@ -314,6 +332,68 @@ class SQLiteBackend(Backend):
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """SQLite has one writer at a time; there is nothing to skip."""
         return select
+
+    def same_database(self, other: URL) -> bool:
+        """The same file, by real path."""
+        return other.get_backend_name() == "sqlite" and os.path.realpath(
+            other.database or ""
+        ) == os.path.realpath(self.url.database or "")
+
+    def check_owner(self, conn: Connection, tables: set[str]) -> None:
+        """Refuse a file stamped by another application, or one holding others' tables."""
+        app_id = conn.exec_driver_sql("PRAGMA application_id").scalar_one()
+        if app_id not in (0, APPLICATION_ID):
+            raise SchemaError(
+                f"{self.describe()} belongs to another application "
+                f"(application_id {app_id:#x}); refusing to use it as a queue"
+            )
+        if "persistq_meta" in tables:
+            return
+        foreign = sorted(t for t in tables if not t.startswith(("persistq_", "sqlite_")))
+        if foreign:
+            raise SchemaError(
+                f"{self.describe()} is an SQLite database of something else (tables: "
+                f"{', '.join(foreign[:5])}); refusing to add a queue to it"
+            )
+
+    def stamp_owner(self, conn: Connection) -> None:
+        """``PRAGMA application_id``, so that the file is recognised as a queue's."""
+        conn.exec_driver_sql(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    def insert_jobs(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """One row: ``INSERT ... RETURNING``. Up to :data:`GROUPED_PUT_ROWS`: one multi-row
+        ``INSERT``; more: executemany. Under the write lock AUTOINCREMENT hands out
+        consecutive ids in row order, so the last rowid gives every id (RETURNING would make
+        SQLAlchemy insert row by row)."""
+        if len(rows) == 1:
+            return [int(conn.execute(_INSERT_RETURNING, dict(rows[0])).scalar_one())]
+        columns = tuple(rows[0])
+        if len(rows) <= GROUPED_PUT_ROWS:
+            params = tuple(row[column] for row in rows for column in columns)
+            last = conn.exec_driver_sql(_multi_insert_sql(columns, len(rows)), params).lastrowid
+        else:
+            conn.execute(insert(jobs), [dict(row) for row in rows])
+            last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+        if last is None:  # pragma: no cover - sqlite3 always reports the last rowid
+            raise DatabaseError(f"writing failed on {self.describe()}: no id for an insert")
+        return list(range(int(last) - len(rows) + 1, int(last) + 1))
+
+    def insert_deduplicated(self, conn: Connection, row: Mapping[str, Any]) -> int | None:
+        """``INSERT ... ON CONFLICT DO NOTHING`` on the partial dedupe index."""
+        stmt = (
+            sqlite_insert(jobs)
+            .values(**row)
+            .on_conflict_do_nothing(
+                index_elements=[jobs.c.queue, jobs.c.dedupe_key], index_where=DEDUPE
+            )
+            .returning(jobs.c.id)
+        )
+        job_id = conn.execute(stmt).scalar_one_or_none()
+        return None if job_id is None else int(job_id)
+
+    def grouped_put_rows(self) -> int:
+        """The single puts of a batch go in as one multi-row ``INSERT``."""
+        return GROUPED_PUT_ROWS
 
     def needs_watch_connection(self) -> bool:
         """``PRAGMA data_version`` is relative to one connection."""

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 import persistq_async as pq
 from persistq_async.backends import postgres
+from persistq_async.testing import read_connection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -66,15 +67,15 @@ async def test_a_lost_listener_falls_back_to_polling_and_reconnects(
         listener = backend._listener
         assert listener is not None
         # Kill the listening connection from the server side, as a server restart would.
-        async with pq.Queue(pg_url, name=queue_name) as admin:
-            engine = admin.store._engine
-            assert engine is not None
-            async with engine.connect() as conn:
-                await conn.execute(
-                    text("SELECT pg_terminate_backend(:pid)"),
-                    {"pid": listener.get_server_pid()},
-                )
-                await conn.commit()
+        async with (
+            pq.Queue(pg_url, name=queue_name) as admin,
+            read_connection(admin) as conn,
+        ):
+            await conn.execute(
+                text("SELECT pg_terminate_backend(:pid)"),
+                {"pid": listener.get_server_pid()},
+            )
+            await conn.commit()
         with anyio.fail_after(10):
             # asyncpg reports the disconnect through the backend's own callback: poll for it.
             while backend._listener is listener:  # noqa: ASYNC110

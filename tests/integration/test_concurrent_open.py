@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import persistq_async as pq
+from persistq_async.testing import read_connection
 from tests.conftest import pg_admin
 
 pytestmark = pytest.mark.timeout(90)
@@ -47,9 +48,7 @@ def _open_at_once(url: str, count: int) -> None:
 async def _check(url: str, count: int) -> None:
     async with pq.Queue(url, name="race") as q:
         assert (await q.stats()).queued == count
-        engine = q.store._engine
-        assert engine is not None
-        async with engine.connect() as conn:
+        async with read_connection(q) as conn:
             rows = (await conn.exec_driver_sql("SELECT key FROM persistq_meta")).all()
         assert sorted(r[0] for r in rows) == ["application", "schema_version"]
 

@@ -13,6 +13,7 @@ import pytest
 
 import persistq_async as pq
 from persistq_async.backends import sqlite as sqlite_backend
+from persistq_async.testing import run_write
 
 
 async def _put_until(q: pq.Queue, wal: Path, size: int) -> None:
@@ -88,9 +89,9 @@ async def test_only_batches_that_record_a_promise_are_synced(db_path: Path) -> N
         return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())  # type: ignore[attr-defined]
 
     async with pq.Queue(db_path, name="sync") as q:
-        assert await q.store._write(level, kind="claim") == 1  # NORMAL
-        assert await q.store._write(level, kind="put") == 2  # FULL
-        assert await q.store._write(level, kind="extend") == 1
-        assert await q.store._write(level, kind="ack") == 2
+        assert await run_write(q, level, kind="claim") == 1  # NORMAL
+        assert await run_write(q, level, kind="put") == 2  # FULL
+        assert await run_write(q, level, kind="extend") == 1
+        assert await run_write(q, level, kind="ack") == 2
     async with pq.Queue(db_path, name="sync", durability="normal") as q:
-        assert await q.store._write(level, kind="put") == 1  # normal stays normal
+        assert await run_write(q, level, kind="put") == 1  # normal stays normal

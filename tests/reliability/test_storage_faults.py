@@ -33,6 +33,7 @@ import pytest
 from sqlalchemy.engine import Connection
 
 import persistq_async as pq
+from persistq_async.testing import run_write
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -212,7 +213,7 @@ def _limit_pages(extra: int) -> Callable[[Connection], tuple[int, int]]:
 
     ``max_page_count`` belongs to one connection, and the library's only write connection lives
     on its writer thread; there is no public way to reach it, so this goes through
-    ``Queue.store._write`` (a store internal) with a plain function of the connection, the same
+    ``persistq_async.testing.run_write`` with a plain function of the connection, the same
     shape as every put.
     """
 
@@ -227,7 +228,7 @@ def _limit_pages(extra: int) -> Callable[[Connection], tuple[int, int]]:
 async def test_a_full_database_refuses_puts_keeps_jobs_and_recovers(db_path: Path) -> None:
     async with pq.Queue(db_path, name=QUEUE_NAME) as q:
         ids = await q.put_many([{"i": i} for i in range(20)])
-        used, limit = await q.store._write(_limit_pages(2))
+        used, limit = await run_write(q, _limit_pages(2))
         assert limit == used + 2
         accepted, error = await put_until_it_fails(q, 3000)
         assert_names(error, db_path, "full")
@@ -243,7 +244,7 @@ async def test_a_full_database_refuses_puts_keeps_jobs_and_recovers(db_path: Pat
         for job_id in accepted:
             assert await q.job(job_id) is not None
         # Remove the fault: raise the limit on the same connection.
-        await q.store._write(_limit_pages(1_000_000))
+        await run_write(q, _limit_pages(1_000_000))
         more = await q.put_many([{"big": "y" * 3000} for _ in range(10)])
         assert len(more) == 10
         await assert_works(q)

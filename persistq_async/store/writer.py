@@ -28,19 +28,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import anyio
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ._crash import crash_point
-from .errors import DatabaseError, PersistQError, QueueClosed, SchemaError
+from .._crash import crash_point
+from ..errors import DatabaseError, PersistQError, QueueClosed, SchemaError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["DirectWriter", "Op", "ThreadWriter", "Writer", "run_batch", "wrap_db_error"]
+__all__ = [
+    "BulkOp",
+    "DirectWriter",
+    "Op",
+    "ThreadWriter",
+    "Writer",
+    "run_batch",
+    "wrap_db_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +88,6 @@ class Op(Generic[T]):
 
     __slots__ = (
         "abandoned",
-        "bulk",
-        "data",
         "done",
         "error",
         "finished",
@@ -99,14 +105,8 @@ class Op(Generic[T]):
         on_abandon: Callable[[T], None] | None = None,
         *,
         kind: str = "write",
-        bulk: Callable[[Connection, list[Op[Any]]], bool] | None = None,
     ) -> None:
         self.fn = fn
-        #: Runs many ops of the same kind at once (one executemany); returns False, having
-        #: written nothing, when they must run one by one instead.
-        self.bulk = bulk
-        #: What the bulk function needs of this op.
-        self.data: Any = None
         #: What the operation is (put, claim, ack...), for crash points and diagnostics.
         self.kind = kind
         self.on_commit = on_commit
@@ -147,6 +147,23 @@ class Op(Generic[T]):
                     self.on_abandon(self.result)  # type: ignore[arg-type]
             except Exception:  # a wake-up must never break the writer
                 logger.exception("post-commit hook failed")
+
+
+class BulkOp(Op[T]):
+    """An op that may run together with the other ops of its class in a batch, as one statement.
+
+    A subclass carries the typed data its :meth:`run_together` needs.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def run_together(cls, conn: Connection, ops: list[Self]) -> bool:
+        """Run ``ops`` (two or more of this class) at once, setting each one's ``result``.
+
+        :returns: False, having written nothing, when they must run one by one instead.
+        """
+        raise NotImplementedError
 
 
 def run_batch(
@@ -219,14 +236,14 @@ def _claims_last(op: Op[Any]) -> bool:
 
 
 def _run_bulk(conn: Connection, ops: list[Op[Any]]) -> set[Op[Any]]:
-    """Run groups of two or more ops that share a bulk function; return the ops it ran."""
-    groups: dict[Any, list[Op[Any]]] = {}
+    """Run groups of two or more bulk ops of one class together; return the ops so run."""
+    groups: dict[type[BulkOp[Any]], list[BulkOp[Any]]] = {}
     for op in ops:
-        if op.bulk is not None:
-            groups.setdefault(op.bulk, []).append(op)
+        if isinstance(op, BulkOp):
+            groups.setdefault(type(op), []).append(op)
     done: set[Op[Any]] = set()
-    for bulk, group in groups.items():
-        if len(group) > 1 and bulk(conn, group):
+    for kind, group in groups.items():
+        if len(group) > 1 and kind.run_together(conn, group):
             done.update(group)
     return done
 
@@ -279,15 +296,15 @@ class ThreadWriter(Writer):
         *,
         where: str,
         is_busy: Callable[[BaseException], bool],
-        maintain: Callable[[Connection], None] | None = None,
-        before_batch: Callable[[Connection, list[Op[Any]]], None] | None = None,
+        after_batch: Callable[[Connection], None] | None = None,
+        before_batch: Callable[[Connection, list[str]], None] | None = None,
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._connect = connect
         #: Held around everything the thread does with its connection (see
         #: :meth:`.SQLiteBackend.writer_lock`).
         self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
-        self._maintain = maintain
+        self._after_batch = after_batch
         self._before_batch = before_batch
         self._where = where
         self._is_busy = is_busy
@@ -358,11 +375,11 @@ class ThreadWriter(Writer):
 
     def _run(self, conn: Connection, batch: list[Op[Any]]) -> None:
         if self._before_batch is not None:
-            self._before_batch(conn, batch)
+            self._before_batch(conn, [op.kind for op in batch])
         run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
-        if self._maintain is not None:
+        if self._after_batch is not None:
             try:
-                self._maintain(conn)
+                self._after_batch(conn)
             except Exception:  # housekeeping must never stop the writer
                 logger.debug("writer housekeeping failed", exc_info=True)
 

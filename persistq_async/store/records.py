@@ -1,0 +1,137 @@
+"""What crosses the store's boundary: the rows it reads and writes, as frozen dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row
+
+from .._types import JobState
+
+__all__ = ["AttemptRecord", "ClaimResult", "JobRecord", "NewJob", "attempt_row", "history"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """One job to insert: the payload already encoded."""
+
+    payload: bytes
+    priority: int
+    run_at: float
+    max_attempts: int
+    dedupe_key: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """A row of the jobs table."""
+
+    id: int
+    queue: str
+    state: JobState
+    payload: bytes
+    priority: int
+    attempts: int
+    max_attempts: int
+    run_at: float
+    enqueued_at: float
+    created_at: float
+    lease_token: str | None
+    lease_expires_at: float | None
+    started_at: float | None
+    dedupe_key: str | None
+    last_error: str | None
+    result: bytes | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> JobRecord:
+        """Build from a row selected or returned with every column of ``jobs``."""
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            queue=m["queue"],
+            state=JobState(m["state"]),
+            payload=bytes(m["payload"]),
+            priority=m["priority"],
+            attempts=m["attempts"],
+            max_attempts=m["max_attempts"],
+            run_at=m["run_at"],
+            enqueued_at=m["enqueued_at"],
+            created_at=m["created_at"],
+            lease_token=m["lease_token"],
+            lease_expires_at=m["lease_expires_at"],
+            started_at=m["started_at"],
+            dedupe_key=m["dedupe_key"],
+            last_error=m["last_error"],
+            result=None if m["result"] is None else bytes(m["result"]),
+            finished_at=m["finished_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptRecord:
+    """One delivery of a job; ``outcome`` is None for the delivery running now."""
+
+    attempt: int
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimResult:
+    """What a claim leased, and when the next job could become claimable (epoch seconds)."""
+
+    records: list[JobRecord]
+    next_due_at: float | None
+
+
+def attempt_row(
+    *,
+    job_id: int,
+    attempt: int,
+    token: str,
+    started_at: float | None,
+    now: float,
+    outcome: str,
+    error: str | None,
+) -> dict[str, Any]:
+    """The attempt row written when a delivery ends; a delivery with no known start began now."""
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "lease_token": token,
+        "started_at": started_at if started_at is not None else now,
+        "finished_at": now,
+        "outcome": outcome,
+        "error": error,
+    }
+
+
+def history(record: JobRecord, rows: Sequence[Row[Any]]) -> list[AttemptRecord]:
+    """A job's attempts from its attempt rows, plus the delivery running now (last)."""
+    found = [
+        AttemptRecord(
+            attempt=row.attempt,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            outcome=row.outcome,
+            error=row.error,
+        )
+        for row in rows
+    ]
+    if record.state == JobState.RUNNING and record.started_at is not None:
+        found.append(
+            AttemptRecord(
+                attempt=record.attempts,
+                started_at=record.started_at,
+                finished_at=None,
+                outcome=None,
+                error=None,
+            )
+        )
+    return found

@@ -1,0 +1,141 @@
+"""The prebuilt Core statements of the job path, and the store's fixed sizes.
+
+Built once: SQLAlchemy then reuses their cache keys and compiled SQL on every call. Parameters
+are named ``p_*`` so that a statement's inputs stand out from its columns.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Integer, bindparam, case, func, insert, literal_column, select, update
+
+from .._types import JobState
+from ..schema import QUEUED, RUNNING, attempts, jobs
+
+if TYPE_CHECKING:
+    from ..backends import Backend
+
+#: Rows the retention cleaner deletes per transaction.
+CLEAN_CHUNK = 1000
+#: Expired leases the rescuer handles per transaction.
+RESCUE_CHUNK = 500
+#: The error recorded on a delivery whose lease ran out.
+EXPIRED_ERROR = "lease expired (the consumer crashed, hung or lost the database)"
+
+SETTLED_COLUMNS = (jobs.c.queue, jobs.c.state, jobs.c.attempts, jobs.c.started_at)
+_FENCE = (
+    jobs.c.id == bindparam("p_job_id", type_=jobs.c.id.type),
+    jobs.c.lease_token == bindparam("p_token", type_=jobs.c.lease_token.type),
+    RUNNING,
+)
+# started_at stays: RETURNING reports new values, and the attempt row needs the start.
+CLEARED = {"lease_token": None, "lease_expires_at": None}
+SPENT = jobs.c.attempts >= jobs.c.max_attempts
+# Attempts spent means dead, else queued: the one rule for a delivery that ended badly.
+RETRY_OR_DEAD = case((SPENT, JobState.DEAD.value), else_=JobState.QUEUED.value)
+
+ACK_MANY = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=JobState.DONE.value,
+        result=bindparam("p_result", type_=jobs.c.result.type),
+        finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        **CLEARED,
+    )
+)
+# Without RETURNING for executemany (bulk acks); with it for one ack that must explain a miss.
+ACK = ACK_MANY.returning(*SETTLED_COLUMNS)
+# The running jobs among some ids, with their lease tokens (the check before bulk acks).
+LEASES = select(jobs.c.id, jobs.c.lease_token).where(
+    jobs.c.id.in_(bindparam("p_ids", expanding=True)), RUNNING
+)
+NACK = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=RETRY_OR_DEAD,
+        finished_at=case((SPENT, bindparam("p_now", type_=jobs.c.run_at.type)), else_=None),
+        run_at=bindparam("p_run_at", type_=jobs.c.run_at.type),
+        last_error=bindparam("p_error", type_=jobs.c.last_error.type),
+        **CLEARED,
+    )
+    .returning(*SETTLED_COLUMNS)
+)
+FAIL = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(
+        state=JobState.DEAD.value,
+        finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        last_error=bindparam("p_error", type_=jobs.c.last_error.type),
+        **CLEARED,
+    )
+    .returning(*SETTLED_COLUMNS)
+)
+RELEASE = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(state=JobState.QUEUED.value, attempts=jobs.c.attempts - 1, **CLEARED)
+    .returning(*SETTLED_COLUMNS)
+)
+EXTEND = (
+    update(jobs)
+    .where(*_FENCE)
+    .values(lease_expires_at=bindparam("p_expires", type_=jobs.c.run_at.type))
+    .returning(jobs.c.id)
+)
+INSERT_ATTEMPT = insert(attempts)
+ATTEMPT_OUTCOMES = select(attempts.c.outcome).where(
+    attempts.c.job_id == bindparam("p_job_id", type_=jobs.c.id.type),
+    attempts.c.lease_token == bindparam("p_token", type_=jobs.c.lease_token.type),
+)
+EXPIRED = (
+    select(
+        jobs.c.id,
+        jobs.c.queue,
+        jobs.c.attempts,
+        jobs.c.max_attempts,
+        jobs.c.lease_token,
+        jobs.c.started_at,
+    )
+    .where(RUNNING, jobs.c.lease_expires_at <= bindparam("p_now", type_=jobs.c.run_at.type))
+    .limit(RESCUE_CHUNK)
+)
+NEXT_DUE = select(
+    select(func.min(jobs.c.run_at))
+    .where(jobs.c.queue == bindparam("p_queue", type_=jobs.c.queue.type), QUEUED)
+    .scalar_subquery(),
+    select(func.min(jobs.c.lease_expires_at)).where(RUNNING).scalar_subquery(),
+)
+JOB_STATE = select(jobs.c.state).where(jobs.c.id == bindparam("p_job_id", type_=jobs.c.id.type))
+
+
+def claim_statement(backend: Backend) -> Any:
+    """Lease up to ``p_limit`` ready jobs of ``p_queue``, highest priority first, FIFO within."""
+    ready = backend.lock_claim(
+        select(jobs.c.id)
+        .where(
+            jobs.c.queue == bindparam("p_queue", type_=jobs.c.queue.type),
+            QUEUED,
+            # The unary plus keeps SQLite from choosing the run_at index and sorting every due
+            # row: walking the ready index in priority order stops after LIMIT rows.
+            literal_column("+persistq_jobs.run_at", type_=jobs.c.run_at.type)
+            <= bindparam("p_now", type_=jobs.c.run_at.type),
+        )
+        .order_by(jobs.c.priority.desc(), jobs.c.id)
+        .limit(bindparam("p_limit", type_=Integer()))
+    )
+    return (
+        update(jobs)
+        .where(jobs.c.id.in_(ready.scalar_subquery()))
+        .values(
+            state=JobState.RUNNING.value,
+            attempts=jobs.c.attempts + 1,
+            lease_token=bindparam("p_token", type_=jobs.c.lease_token.type),
+            lease_expires_at=bindparam("p_expires", type_=jobs.c.run_at.type),
+            started_at=bindparam("p_now", type_=jobs.c.run_at.type),
+        )
+        .returning(*jobs.c)
+    )
