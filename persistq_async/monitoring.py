@@ -47,6 +47,19 @@ ACTIONS = frozenset(
         "worker_started",
         "worker_stopping",
         "worker_stopped",
+        "job_stopped",
+        "outcome_refused",
+        "outcome_failed",
+        "result_unstorable",
+        "hook_failed",
+        "write_busy",
+        "write_failed",
+        "write_retried_alone",
+        "rollback_failed",
+        "connection_close_failed",
+        "housekeeping_failed",
+        "release_lost",
+        "lease_lost",
     }
 )
 
