@@ -13,7 +13,8 @@ Every error the library raises on purpose derives from :class:`PersistQError`::
     ├── LeaseLost                              the lease expired or was revoked or re-taken
     ├── JobAlreadyFinished                     this delivery was already acked, nacked or failed
     ├── DatabaseError                          the database failed; wraps the driver's error
-    │   └── SchemaError                        the database is not ours, or newer than this library
+    │   ├── SchemaError                        the database is not ours, or newer than this library
+    │   └── DatabaseNotFound                   no queue database there, and create=False
     └── SupervisorError                        the supervisor gave up (restart intensity exceeded)
 
 :class:`Retry` and :class:`Reject` are not errors: a handler raises them to tell its pool
@@ -27,6 +28,7 @@ __all__ = [
     "ArgumentTypeError",
     "ConfigError",
     "DatabaseError",
+    "DatabaseNotFound",
     "JobAlreadyFinished",
     "JobNotFound",
     "JobStateError",
@@ -94,6 +96,11 @@ class DatabaseError(PersistQError):
 
 class SchemaError(DatabaseError):
     """Raised when a database is not a persistq database, or was written by a newer version."""
+
+
+class DatabaseNotFound(DatabaseError):
+    """Raised when a queue opened with ``create=False`` finds no database: no SQLite file at the
+    path, or a database without persistq's tables. Nothing was created."""
 
 
 class SupervisorError(PersistQError):

@@ -60,8 +60,11 @@ def normalize_url(url: str | os.PathLike[str]) -> URL:
     )
 
 
-def backend_for(url: URL, options: Options) -> Backend:
-    """The backend for a URL that :func:`normalize_url` produced."""
+def backend_for(url: URL, options: Options, *, create: bool = True) -> Backend:
+    """The backend for a URL that :func:`normalize_url` produced.
+
+    :param create: whether opening may create the database (see :class:`Backend`).
+    """
     if url.get_backend_name() == "sqlite":
-        return SQLiteBackend(url, options)
-    return PostgresBackend(url, options)
+        return SQLiteBackend(url, options, create=create)
+    return PostgresBackend(url, options, create=create)

@@ -29,14 +29,17 @@ class Backend(abc.ABC):
 
     :param url: the SQLAlchemy URL, already checked for the right async driver.
     :param options: the resolved queue options.
+    :param create: whether opening may create the database (the SQLite file, the schema); with
+        False, a missing database raises :class:`~persistq_async.errors.DatabaseNotFound`.
     """
 
     #: "sqlite" or "postgresql"
     name: str
 
-    def __init__(self, url: URL, options: Options) -> None:
+    def __init__(self, url: URL, options: Options, *, create: bool = True) -> None:
         self.url = url
         self.options = options
+        self.create = create
 
     def describe(self) -> str:
         """The database for messages: the URL without its password."""
@@ -53,7 +56,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def prepare(self) -> None:
-        """Check what can be checked before connecting (directory exists, file is ours...)."""
+        """Check what can be checked before connecting (directory exists, file is ours...);
+        with ``create`` False, raise :class:`~persistq_async.errors.DatabaseNotFound` when
+        the database plainly is not there."""
 
     def lock_schema(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """Serialize schema creation among processes; called inside the write transaction."""

@@ -61,7 +61,8 @@ class PostgresBackend(Backend):
         return create_async_engine(self.url, pool_size=4, max_overflow=4, pool_pre_ping=True)
 
     async def prepare(self) -> None:
-        """Nothing to check before connecting."""
+        """Nothing to check before connecting (without ``create``, the schema check refuses a
+        database that has no persistq tables)."""
 
     def lock_schema(self, conn: Connection) -> None:
         """Hold a transaction-scoped advisory lock so concurrent starts migrate once."""

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from ..errors import DatabaseError, SchemaError
+from ..errors import DatabaseError, DatabaseNotFound, SchemaError
 from ..schema import APPLICATION_ID, DEDUPE, jobs
 from .base import Backend
 
@@ -257,12 +257,34 @@ class SQLiteBackend(Backend):
 
     def create_write_engine(self) -> Engine:
         """The writer thread's engine: BEGIN IMMEDIATE, so the write lock is taken up front
-        (a deferred transaction that later tries to write can fail with SQLITE_BUSY at once)."""
-        engine = create_engine(
-            self.url.set(drivername="sqlite+pysqlite"),
-            poolclass=NullPool,
-            connect_args={"timeout": self.options.busy_timeout, "check_same_thread": False},
-        )
+        (a deferred transaction that later tries to write can fail with SQLITE_BUSY at once).
+
+        Its connection is the first to open the file. Without ``create``, it opens it with
+        ``mode=rw``, so SQLite itself refuses a file that is not there (a check of the path
+        beforehand could be overtaken by a delete)."""
+        timeout = self.options.busy_timeout
+        if self.create:
+            engine = create_engine(
+                self.url.set(drivername="sqlite+pysqlite"),
+                poolclass=NullPool,
+                connect_args={"timeout": timeout, "check_same_thread": False},
+            )
+        else:
+            uri = f"file:{quote(str(self.path))}?mode=rw"
+
+            def connect() -> sqlite3.Connection:
+                try:
+                    return sqlite3.connect(
+                        uri, uri=True, timeout=timeout, check_same_thread=False
+                    )
+                except sqlite3.OperationalError as exc:
+                    if not self.path.exists():
+                        raise DatabaseNotFound(f"no database at {self.path}") from exc
+                    raise
+
+            engine = create_engine(
+                "sqlite+pysqlite://", poolclass=NullPool, creator=connect
+            )
         self._install_hooks(engine, begin="BEGIN IMMEDIATE")
         return engine
 
@@ -275,6 +297,8 @@ class SQLiteBackend(Backend):
             )
         parent = path.parent
         if not parent.is_dir():
+            if not self.create:
+                raise DatabaseNotFound(f"no database at {path}")
             raise DatabaseError(f"cannot open {path}: directory {parent} does not exist")
         if path.exists():
             if path.is_dir():
@@ -292,6 +316,8 @@ class SQLiteBackend(Backend):
                 raise DatabaseError(f"cannot open {path}: the file is read-only")
             if path.stat().st_size > 0:
                 await anyio.to_thread.run_sync(self._probe_existing, path)
+        elif not self.create:
+            raise DatabaseNotFound(f"no database at {path}")
         elif not os.access(parent, os.W_OK):
             raise DatabaseError(f"cannot create {path}: directory {parent} is read-only")
 
