@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from ._admin import QueueAdmin, check_state
 from ._checks import (
     check_aware,
     check_float,
@@ -33,9 +35,6 @@ from .job import Job, JobInfo, decode
 from .monitoring import Stats, log_event
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 __all__ = ["Queue", "Watch"]
 
@@ -62,7 +61,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Queue:
+class Queue(QueueAdmin):
     """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
 
     :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,
@@ -71,6 +70,9 @@ class Queue:
     :param name: the queue's name; several queues share one database.
     :param serializer: encodes payloads and results; JSON by default.
     :param clock: epoch seconds now; for tests that drive lease expiry.
+    :param create: whether opening may create the database (the SQLite file and the tables).
+        With False (for tools that only look), a database that is not there raises
+        :class:`~persistq_async.errors.DatabaseNotFound` and nothing is created.
     :param options: any option of :class:`~persistq_async.config.Options` (``lease_seconds``,
         ``max_attempts``, ``backoff_base``, ``backoff_max``, ``poll_interval``,
         ``retention_seconds``, ``durability``, ``busy_timeout``).
@@ -84,6 +86,7 @@ class Queue:
         name: str = "default",
         serializer: Serializer | None = None,
         clock: Callable[[], float] | None = None,
+        create: bool = True,
         **options: Any,
     ) -> None:
         self.name: str = check_name("name", name)
@@ -107,6 +110,11 @@ class Queue:
         if clock is not None and not callable(clock):
             raise ArgumentTypeError("clock: expected a callable returning epoch seconds")
         self._clock = clock or time.time
+        if not isinstance(create, bool):
+            raise ArgumentTypeError(f"create: expected a bool, got {type(create).__name__}")
+        self._create = create
+        # False for a sibling(), which uses the store of the queue it came from.
+        self._owns_store = True
         self._state = _State.UNOPENED
         self._store: JobStore | None = None
         self._last_clean = -float("inf")
@@ -122,7 +130,9 @@ class Queue:
             raise QueueClosed(
                 f"queue {self.name!r} was already {self._state.value}; make a new one"
             )
-        store = JobStore(backend_for(self.url, self.options), clock=self._clock)
+        store = JobStore(
+            backend_for(self.url, self.options, create=self._create), clock=self._clock
+        )
         await store.__aenter__()
         self._store = store
         self._state = _State.OPEN
@@ -140,13 +150,29 @@ class Queue:
         """Finish pending writes and close the database connections. Idempotent."""
         if self._state is _State.OPEN and self._store is not None:
             self._state = _State.CLOSED
-            await self._store.aclose()
+            if self._owns_store:
+                await self._store.aclose()
         self._state = _State.CLOSED
 
     @property
     def closed(self) -> bool:
         """Whether the queue was closed."""
         return self._state is _State.CLOSED
+
+    def sibling(self, name: str) -> Queue:
+        """Another queue of the same database, on this queue's connections (no second writer
+        or pool): for tools that look at every queue. It is usable while this queue is open;
+        closing it leaves this queue open.
+
+        :raises QueueClosed: this queue is not open.
+        """
+        store = self.store
+        other = copy.copy(self)
+        other.name = check_name("name", name)
+        other._store = store
+        other._owns_store = False
+        other._last_clean = -float("inf")
+        return other
 
     @property
     def store(self) -> JobStore:
@@ -464,16 +490,44 @@ class Queue:
         return JobInfo.from_record(found[0], found[1], self.serializer)
 
     async def list_jobs(
-        self, *, state: JobState | str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        state: JobState | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        every_queue: bool = False,
     ) -> list[JobInfo]:
-        """Jobs of this queue, oldest first, optionally in one state."""
+        """Jobs of this queue (of every queue with ``every_queue``), oldest first, optionally
+        in one state.
+
+        Page by id (keyset): ``after_id`` the last id of the page before, or ``before_id`` the
+        first id of the page after (then the ``limit`` jobs just before it). Such a page is read
+        along an index from that id, as fast deep in a million jobs as at the start; ``offset``
+        skips rows one by one and is kept for small queues.
+
+        :raises ArgumentError: ``offset`` with a keyset, or both ``after_id`` and ``before_id``.
+        """
         store = self.store
-        chosen = None if state is None else _check_state(state)
+        chosen = None if state is None else check_state(state)
         limit = check_int("limit", limit, minimum=1)
         if limit > MAX_LIST_LIMIT:
             raise ArgumentError(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
         offset = check_int("offset", offset, minimum=0)
-        found = await store.list_jobs(self.name, chosen, limit, offset)
+        after = None if after_id is None else check_int("after_id", after_id, minimum=0)
+        before = None if before_id is None else check_int("before_id", before_id, minimum=0)
+        if after is not None and before is not None:
+            raise ArgumentError("after_id and before_id: give one or the other, not both")
+        if offset and (after is not None or before is not None):
+            raise ArgumentError("offset: not with after_id or before_id (keyset pages)")
+        queue = None if every_queue else self.name
+        if offset:
+            if queue is None:
+                raise ArgumentError("offset: not with every_queue; page with after_id")
+            found = await store.list_jobs(queue, chosen, limit, offset)
+        else:
+            found = await store.list_page(queue, chosen, limit, after, before)
         return [JobInfo.from_record(r, h, self.serializer) for r, h in found]
 
     async def requeue(self, job_id: int) -> None:
@@ -514,30 +568,3 @@ class Queue:
         log_event(
             logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name
         )
-
-    async def purge(self, state: JobState | str) -> int:
-        """Delete every job of this queue in ``state``; returns how many."""
-        chosen = _check_state(state)
-        count = await self.store.purge(self.name, chosen)
-        log_event(
-            logger,
-            logging.INFO,
-            "jobs_purged",
-            "jobs purged",
-            count=count,
-            queue=self.name,
-            state=chosen.value,
-        )
-        return count
-
-
-def _check_state(state: Any) -> JobState:
-    if isinstance(state, JobState):
-        return state
-    if isinstance(state, str):
-        try:
-            return JobState(state.lower())
-        except ValueError:
-            known = ", ".join(s.value for s in JobState)
-            raise ArgumentError(f"state: unknown state {state!r} (known: {known})") from None
-    raise ArgumentTypeError(f"state: expected a JobState or str, got {type(state).__name__}")

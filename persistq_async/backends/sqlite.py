@@ -274,17 +274,13 @@ class SQLiteBackend(Backend):
 
             def connect() -> sqlite3.Connection:
                 try:
-                    return sqlite3.connect(
-                        uri, uri=True, timeout=timeout, check_same_thread=False
-                    )
+                    return sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
                 except sqlite3.OperationalError as exc:
                     if not self.path.exists():
                         raise DatabaseNotFound(f"no database at {self.path}") from exc
                     raise
 
-            engine = create_engine(
-                "sqlite+pysqlite://", poolclass=NullPool, creator=connect
-            )
+            engine = create_engine("sqlite+pysqlite://", poolclass=NullPool, creator=connect)
         self._install_hooks(engine, begin="BEGIN IMMEDIATE")
         return engine
 

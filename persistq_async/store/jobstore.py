@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._types import JobState
 from ..backends import Backend
 from ..errors import DatabaseError, QueueClosed
-from . import reads
+from . import admin, reads
 from . import transactions as tx
 from .records import AttemptRecord, ClaimResult, JobRecord, NewJob
 from .schema_setup import create_schema
@@ -450,5 +450,64 @@ class JobStore:
         )
 
     async def queue_names(self) -> list[str]:
-        """Every queue name that has jobs."""
-        return await self.read(reads.queue_names, "listing queues")
+        """Every queue name that has jobs, sorted."""
+        return await self.read(admin.queue_names, "listing queues")
+
+    # ------------------------------------------------------------------ across queues, in bulk
+
+    async def find_queue(self, job_id: int) -> str | None:
+        """The queue of the job with this id (in any queue), or None."""
+        return await self.read(lambda conn: admin.find_queue(conn, job_id), "finding a job")
+
+    async def list_page(
+        self,
+        queue: str | None,
+        state: JobState | None,
+        limit: int,
+        after: int | None,
+        before: int | None,
+    ) -> list[tuple[JobRecord, list[AttemptRecord]]]:
+        """A keyset page of jobs, oldest first (see :func:`.admin.list_page`)."""
+        return await self.read(
+            lambda conn: admin.list_page(conn, queue, state, limit, after, before),
+            "listing jobs",
+        )
+
+    async def count_matching(self, queue: str, state: JobState, cutoff: float | None) -> int:
+        """Jobs of ``queue`` in ``state``, older than ``cutoff`` when given (epoch seconds)."""
+        return await self.read(
+            lambda conn: admin.count_matching(conn, queue, state, cutoff), "counting jobs"
+        )
+
+    async def select_ids(
+        self, queue: str, state: JobState, cutoff: float | None, after: int, limit: int
+    ) -> list[int]:
+        """The next ``limit`` ids above ``after`` that :meth:`count_matching` counts."""
+        return await self.read(
+            lambda conn: admin.select_ids(conn, queue, state, cutoff, after, limit),
+            "choosing jobs",
+        )
+
+    async def requeue_ids(
+        self, queue: str, state: JobState, ids: list[int], cutoff: float | None
+    ) -> int:
+        """One write: requeue those of ``ids`` still in ``queue`` and ``state``; how many.
+        (``cutoff`` is not used: it makes the signature :meth:`delete_ids`'s.)"""
+
+        def run(conn: Connection) -> int:
+            count = admin.requeue_ids(conn, queue, state, ids, self.clock())
+            if count:
+                self.backend.notify_work(conn, queue)
+            return count
+
+        return await self.write(run, on_commit=self._woken(queue, work=True))
+
+    async def delete_ids(
+        self, queue: str, state: JobState, ids: list[int], cutoff: float | None
+    ) -> int:
+        """One write: delete those of ``ids`` still in ``queue``, ``state`` and older than
+        ``cutoff``; how many."""
+        return await self.write(
+            lambda conn: admin.delete_ids(conn, queue, state, ids, cutoff),
+            on_commit=self._woken(queue, work=False),
+        )

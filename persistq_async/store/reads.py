@@ -11,7 +11,7 @@ from .._types import JobState
 from ..schema import ACTIVE, attempts, jobs
 from .records import AttemptRecord, JobRecord, history
 
-__all__ = ["active_count", "counts", "list_jobs", "queue_names", "read_job"]
+__all__ = ["active_count", "counts", "list_jobs", "read_job"]
 
 JobWithHistory = tuple[JobRecord, list[AttemptRecord]]
 
@@ -64,9 +64,3 @@ async def list_jobs(
         for a in rows:
             found[a.job_id].append(a)
     return [(r, history(r, found[r.id])) for r in records]
-
-
-async def queue_names(conn: AsyncConnection) -> list[str]:
-    """Every queue name that has jobs."""
-    rows = await conn.execute(select(jobs.c.queue).distinct().order_by(jobs.c.queue))
-    return list(rows.scalars())

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .. import schema
 from ..backends import Backend
-from ..errors import SchemaError
+from ..errors import DatabaseNotFound, SchemaError
 from ..schema import meta
 from .writer import wrap_db_error
 
@@ -23,6 +23,8 @@ def create_schema(conn: Connection, backend: Backend) -> None:
     """Create the schema in an empty database, or check and migrate ours; refuse anything else.
 
     :raises SchemaError: the database is someone else's, damaged, or from a newer version.
+    :raises DatabaseNotFound: the backend may not create (``create=False``) and the database
+        has no persistq schema; nothing was written.
     :raises DatabaseError: the database failed.
     """
     where = backend.describe()
@@ -33,6 +35,8 @@ def create_schema(conn: Connection, backend: Backend) -> None:
             backend.check_owner(conn, tables)
             if meta.name in tables:
                 _migrate(conn, where)
+            elif not backend.create:
+                raise DatabaseNotFound(f"no persistq database at {where}")
             else:
                 ours = sorted(t for t in tables if t.startswith("persistq_"))
                 if ours:
