@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_RETENTION_SECONDS",
     "OPTION_NAMES",
     "Options",
+    "explain_options",
     "resolve_options",
 ]
 
@@ -154,6 +155,35 @@ def resolve_options(
     :raises ConfigError: an option is unknown, ill-typed or out of range, or a TOML file cannot be
         read or parsed; the message names the option (or file) and the source.
     """
+    values, _sources = _resolve(keywords, environ, cwd)
+    return Options(**values)
+
+
+def explain_options(
+    keywords: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> dict[str, tuple[Any, str]]:
+    """Every option's value, as :func:`resolve_options` resolves it, and where it came from:
+    ``"default"``, ``"keyword argument"``, ``"environment variable PERSISTQ_..."`` or the
+    configuration file (``/path/persistq.toml``, ``/path/pyproject.toml [tool.persistq]``).
+
+    :raises ConfigError: as :func:`resolve_options` does.
+    """
+    values, sources = _resolve(keywords, environ, cwd)
+    options = Options(**values)  # checks, and normalises ints given for floats
+    return {
+        name: (getattr(options, name), sources.get(name, _DEFAULT_SOURCE))
+        for name in sorted(OPTION_NAMES)
+    }
+
+
+def _resolve(
+    keywords: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+    cwd: str | os.PathLike[str] | None,
+) -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     # Lowest layer first, so each later layer overrides the one before.
@@ -172,7 +202,7 @@ def resolve_options(
         values.get("backoff_max", DEFAULT_BACKOFF_MAX),
         sources.get("backoff_max", _DEFAULT_SOURCE),
     )
-    return Options(**values)
+    return values, sources
 
 
 _Layer = dict[str, tuple[Any, str]]
