@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import signal
 import sys
@@ -19,9 +18,20 @@ from typing import Any
 
 import anyio
 
-from ._types import Handler, JobState
-from .errors import ArgumentError, PersistQError
-from .job import Job, JobInfo
+from ._cli import commands, watch
+from ._cli.durations import duration
+from ._cli.output import error
+from ._types import Handler
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DatabaseError,
+    JobNotFound,
+    JobStateError,
+    PersistQError,
+    SerializationError,
+)
+from .job import Job
 from .pool import check_handler
 from .queue import Queue
 from .supervisor import DEFAULT_GRACE, Supervisor
@@ -148,103 +158,6 @@ async def _worker(args: argparse.Namespace) -> None:
     logger.info("worker stopped", extra={"action": "worker_stopped"})
 
 
-# ---------------------------------------------------------------------- inspection
-
-
-def _info_dict(info: JobInfo, *, history: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": info.id,
-        "queue": info.queue,
-        "state": info.state.value,
-        "priority": info.priority,
-        "attempts": info.attempts,
-        "max_attempts": info.max_attempts,
-        "run_at": info.run_at.isoformat(),
-        "created_at": info.created_at.isoformat(),
-        "finished_at": info.finished_at.isoformat() if info.finished_at else None,
-        "last_error": info.last_error,
-        "payload": info.payload,
-        "result": info.result,
-    }
-    if history:
-        data["history"] = [
-            {
-                "attempt": a.attempt,
-                "started_at": a.started_at.isoformat(),
-                "finished_at": a.finished_at.isoformat() if a.finished_at else None,
-                "outcome": a.outcome,
-                "error": a.error,
-            }
-            for a in info.history
-        ]
-    return data
-
-
-async def _inspect(args: argparse.Namespace) -> int:
-    async with Queue(args.url, name=args.queue) as q:
-        command = args.command
-        if command == "stats":
-            names = [args.queue] if args.queue_given else (await q.store.queue_names() or [q.name])
-            rows = []
-            for name in names:
-                async with Queue(args.url, name=name) as other:
-                    s = await other.stats()
-                rows.append(
-                    {
-                        "queue": name,
-                        "queued": s.queued,
-                        "running": s.running,
-                        "done": s.done,
-                        "dead": s.dead,
-                        "cancelled": s.cancelled,
-                    }
-                )
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                cols = ["queue", "queued", "running", "done", "dead", "cancelled"]
-                width = max([len("queue"), *(len(str(r["queue"])) for r in rows)])
-                print(f"{'queue':<{width}}  " + "  ".join(f"{c:>9}" for c in cols[1:]))
-                for r in rows:
-                    print(f"{r['queue']:<{width}}  " + "  ".join(f"{r[c]:>9}" for c in cols[1:]))
-        elif command == "jobs":
-            infos = await q.list_jobs(state=args.state, limit=args.limit, offset=args.offset)
-            if args.json:
-                print(json.dumps([_info_dict(i, history=False) for i in infos], indent=2))
-            else:
-                for i in infos:
-                    print(
-                        f"{i.id:>8}  {i.state.value:<9}  p{i.priority:<4} "
-                        f"{i.attempts}/{i.max_attempts}  {json.dumps(i.payload)[:60]}"
-                    )
-        elif command == "show":
-            info = await q.job(args.id)
-            if info is None:
-                print(f"no job {args.id} in queue {q.name!r}", file=sys.stderr)
-                return 1
-            print(json.dumps(_info_dict(info, history=True), indent=2))
-        elif command == "put":
-            try:
-                payload = json.loads(args.payload)
-            except ValueError as exc:
-                raise ArgumentError(f"payload: not valid JSON: {exc}") from exc
-            job_id = await q.put(payload, priority=args.priority, delay=args.delay)
-            print(job_id)
-        elif command == "requeue":
-            await q.requeue(args.id)
-            print(f"job {args.id} requeued")
-        elif command == "cancel":
-            done = await q.cancel(args.id)
-            print(f"job {args.id} cancelled" if done else f"job {args.id} had already finished")
-        elif command == "delete":
-            await q.delete(args.id)
-            print(f"job {args.id} deleted")
-        elif command == "purge":
-            count = await q.purge(args.state)
-            print(f"{count} {args.state} jobs deleted")
-    return 0
-
-
 # ---------------------------------------------------------------------- arguments
 
 
@@ -253,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="persistq", description="Inspect and operate persistq_async queues."
     )
     parser.add_argument(
-        "--log-level", default=None, help="logging level (default INFO; WARNING for the demo)"
+        "--log-level",
+        default=None,
+        help="logging level (default INFO for the worker, WARNING otherwise)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -268,8 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     common(worker)
     worker.add_argument("handler", help="the handler, as module.path:function")
     worker.add_argument("--concurrency", type=int, default=10)
-    worker.add_argument("--job-timeout", type=float, default=None)
-    worker.add_argument("--grace", type=float, default=DEFAULT_GRACE)
+    worker.add_argument("--job-timeout", type=duration, default=None, help="such as 30s or 5m")
+    worker.add_argument("--grace", type=duration, default=DEFAULT_GRACE, help="such as 10s")
     worker.add_argument(
         "--no-gc-freeze",
         dest="gc_freeze",
@@ -277,54 +192,27 @@ def _parser() -> argparse.ArgumentParser:
         help="leave the garbage collector as it is (see Supervisor's gc_freeze)",
     )
 
-    for name, help_text in (("stats", "counts by state, per queue"), ("jobs", "list jobs")):
-        p = sub.add_parser(name, help=help_text)
-        common(p)
-        p.add_argument("--json", action="store_true", help="print JSON")
-        if name == "jobs":
-            p.add_argument("--state", choices=[s.value for s in JobState], default=None)
-            p.add_argument("--limit", type=int, default=100)
-            p.add_argument("--offset", type=int, default=0)
-
-    show = sub.add_parser("show", help="one job with its audit trail, as JSON")
-    common(show)
-    show.add_argument("id", type=int)
-
-    put = sub.add_parser("put", help="add a job (payload as JSON)")
-    common(put)
-    put.add_argument("payload")
-    put.add_argument("--priority", type=int, default=0)
-    put.add_argument("--delay", type=float, default=None)
-
-    for name, help_text in (
-        ("requeue", "put a dead, cancelled or done job back in the queue"),
-        ("cancel", "cancel a queued or running job"),
-        ("delete", "delete a job and its history"),
-    ):
-        p = sub.add_parser(name, help=help_text)
-        common(p)
-        p.add_argument("id", type=int)
-
-    purge = sub.add_parser("purge", help="delete every job in a state")
-    common(purge)
-    purge.add_argument("state", choices=[s.value for s in JobState])
+    commands.add_parsers(sub, common)
+    watch.add_parser(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``persistq`` command; returns the exit status."""
+    """Run the ``persistq`` command; returns the exit status.
+
+    0 success; 1 nothing found, or the action was refused (no such job, a job in the wrong
+    state, no database at the URL, the database failing); 2 a usage or configuration error.
+    A user's error is one line on stderr, never a traceback.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(
             logging,
-            str(args.log_level or ("WARNING" if args.command == "demo" else "INFO")).upper(),
+            str(args.log_level or ("WARNING" if args.command != "worker" else "INFO")).upper(),
             logging.INFO,
         ),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if hasattr(args, "queue"):
-        args.queue_given = args.queue is not None
-        args.queue = args.queue or "default"
     try:
         if args.command == "demo":
             if args.db is None:
@@ -334,11 +222,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 anyio.run(_demo, args.db)
             return 0
         if args.command == "worker":
+            args.queue = args.queue or "default"
             anyio.run(_worker, args)
             return 0
-        return anyio.run(_inspect, args)
-    except PersistQError as exc:
-        print(f"persistq: error: {exc}", file=sys.stderr)
+        if args.command == "watch":
+            return anyio.run(watch.run, args)
+        return anyio.run(commands.run, args)
+    except (ArgumentError, ArgumentTypeError, SerializationError) as exc:
+        error(str(exc))  # ConfigError is an ArgumentError
         return 2
+    except (JobNotFound, JobStateError, DatabaseError) as exc:
+        error(str(exc))
+        return 1
+    except PersistQError as exc:
+        error(str(exc))
+        return 1
     except KeyboardInterrupt:
         return 130
