@@ -151,7 +151,8 @@ async def test_purge_older_than_deletes_only_old_jobs_in_batches(fresh_url: str)
         clock.advance(8 * 86400)
         young = await a.put("young")
         job = await a.get_nowait()
-        assert job is not None and job.id == young
+        assert job is not None
+        assert job.id == young
         await job.ack()
         calls: list[tuple[int, int]] = []
         deleted = await a.purge(
@@ -251,12 +252,15 @@ async def test_every_listing_and_bulk_read_follows_an_index_on_sqlite(tmp_path: 
         ]:
             found = plan(admin._page(queue, state, 10, after, before))
             assert found.startswith("SEARCH persistq_jobs USING"), found
-            assert "TEMP B-TREE" not in found and "SCAN" not in found, found
+            assert "TEMP B-TREE" not in found, found
+            assert "SCAN" not in found, found
         names = plan(admin._QUEUE_NAMES)
-        assert "SCAN persistq_jobs" not in names and "TEMP B-TREE" not in names, names
+        assert "SCAN persistq_jobs" not in names, names
+        assert "TEMP B-TREE" not in names, names
         chosen = select(jobs.c.id).where(*admin._matching("a", dead, 5.0), jobs.c.id > 3)
         found = plan(chosen.order_by(jobs.c.id).limit(500))
-        assert "USING INDEX persistq_jobs_queue_state" in found and "TEMP" not in found, found
+        assert "USING INDEX persistq_jobs_queue_state" in found, found
+        assert "TEMP" not in found, found
         count = plan(
             select(func.count()).select_from(jobs).where(*admin._matching("a", dead, None))
         )
