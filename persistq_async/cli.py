@@ -238,4 +238,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(str(exc))
         return 1
     except KeyboardInterrupt:
-        return 130
+        return 0 if args.command == "watch" else 130  # Ctrl-C is how one leaves watch

@@ -107,7 +107,8 @@ async def run(args: argparse.Namespace) -> int:
             hint = Text("q or Ctrl-C to quit", style="dim")
             if not rows:
                 hint = Text("no jobs in the database yet; q or Ctrl-C to quit", style="dim")
-            return Group(render_table(columns, rows, _title(q, args.interval), columns[1:]), hint)
+            title = Text(_title(q, args.interval), style="bold")
+            return Group(title, render_table(columns, rows, None, columns[1:]), hint)
 
         keys = sys.stdin.fileno() if sys.stdin.isatty() else None
         columns, rows = await _snapshot(q, args.queue)

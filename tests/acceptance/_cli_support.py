@@ -90,6 +90,15 @@ class Terminal:
         return self.process.returncode
 
 
+def _take_terminal() -> None:
+    """In the child, after setsid: make the pty its controlling terminal, so that Ctrl-C typed
+    on it is a SIGINT, as in a real terminal."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def start_in_terminal(
     *args: str, cwd: Path, env: dict[str, str] | None = None, columns: int = 120
 ) -> Terminal:
@@ -110,7 +119,8 @@ def start_in_terminal(
         stdout=slave,
         stderr=slave,
         env={**environment, **(env or {})},
-        start_new_session=True,  # its own controlling terminal: the pty
+        start_new_session=True,
+        preexec_fn=_take_terminal,
     )
     os.close(slave)
     return Terminal(process, master)
