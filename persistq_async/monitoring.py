@@ -33,6 +33,7 @@ ACTIONS = frozenset(
         "job_requeued",
         "job_deleted",
         "jobs_purged",
+        "jobs_requeued",
         "jobs_cleaned",
         "job_timeout",
         "job_blocking",
