@@ -27,7 +27,7 @@ from .errors import (
     SupervisorError,
 )
 from .job import Attempt, Job, JobInfo
-from .monitoring import Stats
+from .monitoring import HealthCheck, HealthReport, PoolInfo, Stats, WorkerInfo
 from .pool import Pool
 from .queue import Queue
 from .serializers import JSONSerializer
@@ -44,6 +44,8 @@ __all__ = [
     "ConfigError",
     "DatabaseError",
     "Handler",
+    "HealthCheck",
+    "HealthReport",
     "JSONSerializer",
     "Job",
     "JobAlreadyFinished",
@@ -55,6 +57,7 @@ __all__ = [
     "Options",
     "PersistQError",
     "Pool",
+    "PoolInfo",
     "Queue",
     "QueueClosed",
     "Reject",
@@ -65,5 +68,6 @@ __all__ = [
     "Stats",
     "Supervisor",
     "SupervisorError",
+    "WorkerInfo",
     "__version__",
 ]
