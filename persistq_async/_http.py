@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.stapled import MultiListener
 
 from .errors import ArgumentError
 from .monitoring import log_event
 
-__all__ = ["Response", "Route", "parse_address", "serve"]
+__all__ = ["Listener", "Response", "Route", "bind", "parse_address", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Response:
 
 
 Route = Callable[[], Awaitable[Response]]
+Listener = MultiListener[SocketStream] | SocketListener
 
 
 def parse_address(option: str, value: str) -> tuple[str, int]:
@@ -122,20 +124,29 @@ async def _handle(stream: SocketStream, routes: Mapping[str, Route]) -> None:
             await _answer(stream, routes)
 
 
+async def bind(option: str, host: str, port: int) -> Listener:
+    """A listening socket on ``host:port`` (``port=0`` picks a free one).
+
+    :raises ArgumentError: naming ``option`` when the address cannot be bound (in use, ...).
+    """
+    try:
+        return await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise ArgumentError(
+            f"{option}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+
+
 async def serve(
-    host: str,
-    port: int,
+    listener: Listener,
     routes: Mapping[str, Route],
     *,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``routes`` on ``host:port`` until cancelled; reports the bound port when started
-    (``port=0`` picks a free one).
-
-    :raises DatabaseError: never; an ``OSError`` (address in use) propagates from the bind.
-    """
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    """Serve ``routes`` on ``listener`` (from :func:`bind`) until cancelled, then close it;
+    reports the bound port when started."""
     async with listener:
+        host = listener.extra(anyio.abc.SocketAttribute.local_address)[0]
         bound = listener.extra(anyio.abc.SocketAttribute.local_port)
         log_event(
             logger,
