@@ -28,7 +28,9 @@ async def test_tags_and_headers_travel_with_the_job(queue: pq.Queue) -> None:
     await job.ack()
     plain = await queue.put({"n": 2})
     info = await queue.job(plain)
-    assert info is not None and info.tags == () and dict(info.headers) == {}
+    assert info is not None
+    assert info.tags == ()
+    assert dict(info.headers) == {}
 
 
 async def test_put_many_gives_every_job_the_same_metadata(queue: pq.Queue) -> None:
@@ -100,4 +102,6 @@ async def test_the_limits_themselves_are_accepted(queue: pq.Queue) -> None:
     headers["last"] = "v" * (MAX_HEADERS_BYTES - used - len("last"))
     job_id = await queue.put({"n": 1}, tags=tags, headers=headers)
     info = await queue.job(job_id)
-    assert info is not None and info.tags == tuple(tags) and dict(info.headers) == headers
+    assert info is not None
+    assert info.tags == tuple(tags)
+    assert dict(info.headers) == headers

@@ -86,16 +86,18 @@ async def test_a_schema_1_database_is_migrated_and_keeps_its_jobs(v1_url: str) -
         assert [i.id for i in await q.list_jobs(tags=["fresh"])] == [new_id]
         assert await q.workers() == []
         done: list[int] = []
+        all_done = anyio.Event()
 
         async def handler(job: pq.Job) -> None:
             done.append(job.payload["n"])
+            if sorted(done) == [4, 5, 6]:  # the delayed job stays scheduled
+                all_done.set()
 
         async with pq.Supervisor(grace=1) as sup:
             await sup.add(q, handler, concurrency=2)
             assert [w.id for w in await q.workers()] == [sup.id]
             with anyio.fail_after(20):
-                while sorted(done) != [4, 5, 6]:  # the delayed job stays scheduled
-                    await anyio.sleep(0.05)
+                await all_done.wait()
         after = await q.stats()
         assert after.wait_time_p50 is not None  # deliveries since the migration have one
     assert {"tags", "headers"} <= await _columns(v1_url, "persistq_jobs")

@@ -13,10 +13,14 @@ from tests.backends.conftest import FakeClock
 async def test_an_empty_queue(cq: pq.Queue) -> None:
     s = await cq.stats()
     assert (s.queued, s.ready, s.scheduled, s.running, s.total) == (0, 0, 0, 0, 0)
-    assert s.lag is None and s.oldest_ready_age is None
+    assert s.lag is None
+    assert s.oldest_ready_age is None
     assert s.window_seconds == 60.0
-    assert dict(s.finished) == {} and s.throughput == 0.0 and s.retries == 0
-    assert s.run_time_p50 is None and s.wait_time_p99 is None
+    assert dict(s.finished) == {}
+    assert s.throughput == 0.0
+    assert s.retries == 0
+    assert s.run_time_p50 is None
+    assert s.wait_time_p99 is None
 
 
 async def test_counts_lag_and_the_window(cq: pq.Queue, clock: FakeClock) -> None:
@@ -28,11 +32,13 @@ async def test_counts_lag_and_the_window(cq: pq.Queue, clock: FakeClock) -> None
     assert (s.queued, s.ready, s.scheduled) == (3, 2, 1)
     assert s.lag == 5.0
     job = await cq.get_nowait()
-    assert job is not None and job.id == a  # waited 5 s
+    assert job is not None
+    assert job.id == a
     clock.advance(2)
     await job.ack()  # ran 2 s
     job = await cq.get_nowait()
-    assert job is not None and job.id == c  # waited 7 s
+    assert job is not None
+    assert job.id == c
     s = await cq.stats()
     assert (s.running, s.ready, s.lag) == (1, 0, None)
     clock.advance(1)
@@ -47,7 +53,9 @@ async def test_counts_lag_and_the_window(cq: pq.Queue, clock: FakeClock) -> None
     # a window that ends before them holds none of them
     clock.advance(120)
     s = await cq.stats(window=60)
-    assert dict(s.finished) == {} and s.run_time_p50 is None and s.retries == 0
+    assert dict(s.finished) == {}
+    assert s.run_time_p50 is None
+    assert s.retries == 0
     assert (s.ready, s.scheduled) == (2, 0)
     oldest = min(i.run_at.timestamp() for i in await cq.list_jobs(state="queued"))
     assert s.lag == pytest.approx(clock.now - oldest)
@@ -70,7 +78,8 @@ async def test_dead_failed_expired_and_cancelled_outcomes(cq: pq.Queue, clock: F
     assert job is not None
     clock.advance(11)  # past the 10 s lease: the next claim rescues it, attempts left
     again = await cq.get_nowait()
-    assert again is not None and again.id == job.id
+    assert again is not None
+    assert again.id == job.id
     assert await cq.cancel(again.id)
     s = await cq.stats()
     assert dict(s.finished) == {"dead": 1, "failed": 1, "expired": 1, "cancelled": 1}
