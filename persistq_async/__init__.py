@@ -28,7 +28,7 @@ from .errors import (
     SupervisorError,
 )
 from .job import Attempt, Job, JobInfo
-from .monitoring import Stats
+from .monitoring import HealthCheck, HealthReport, PoolInfo, Stats, WorkerInfo
 from .pool import Pool
 from .queue import Queue
 from .serializers import JSONSerializer
@@ -46,6 +46,8 @@ __all__ = [
     "DatabaseError",
     "DatabaseNotFound",
     "Handler",
+    "HealthCheck",
+    "HealthReport",
     "JSONSerializer",
     "Job",
     "JobAlreadyFinished",
@@ -57,6 +59,7 @@ __all__ = [
     "Options",
     "PersistQError",
     "Pool",
+    "PoolInfo",
     "Queue",
     "QueueClosed",
     "Reject",
@@ -67,5 +70,6 @@ __all__ = [
     "Stats",
     "Supervisor",
     "SupervisorError",
+    "WorkerInfo",
     "__version__",
 ]

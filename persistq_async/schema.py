@@ -36,12 +36,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "attempts",
     "jobs",
+    "workers",
     "meta",
     "metadata",
 ]
 
 #: Bumped by every migration; a database with a higher version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
@@ -82,6 +83,10 @@ jobs = Table(
     Column("last_error", Text),
     Column("result", LargeBinary),
     Column("finished_at", _Time),
+    # job metadata (schema 2): tags as "\x1fa\x1fb\x1f" so that a LIKE finds one on both
+    # databases without JSON functions; headers as a JSON object of strings
+    Column("tags", Text),
+    Column("headers", Text),
     # AUTOINCREMENT: ids are never reused after a delete, so an id names one job forever
     sqlite_autoincrement=True,
     sqlite_strict=True,
@@ -154,11 +159,48 @@ attempts = Table(
     # acked, nacked, failed, expired, released, cancelled
     Column("outcome", Text, nullable=False),
     Column("error", Text),
+    # when the delivery's job became claimable (schema 2): the wait is started_at - ready_at
+    Column("ready_at", _Time),
     sqlite_strict=True,
 )
 Index("persistq_attempts_job", attempts.c.job_id, attempts.c.attempt)
+# stats(window=...) reads the attempts finished in the window, whatever the table's size.
+Index("persistq_attempts_finished", attempts.c.finished_at)
+
+# The worker registry (schema 2): one row per running Supervisor, refreshed by its heartbeat.
+workers = Table(
+    "persistq_workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", _Time, nullable=False),
+    Column("last_seen", _Time, nullable=False),
+    # a JSON list of the supervisor's pools: name, queue, concurrency, active, processed, failed
+    Column("pools", Text, nullable=False),
+    sqlite_strict=True,
+)
+Index("persistq_workers_last_seen", workers.c.last_seen)
 
 Migration = Callable[[Connection], None]
 
+
+def _add_column(conn: Connection, table: Table, name: str) -> None:
+    column = table.c[name]
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+
+
+def _metrics_v2(conn: Connection) -> None:
+    """Job tags and headers, the attempts' ready time and finish index, the worker registry."""
+    _add_column(conn, jobs, "tags")
+    _add_column(conn, jobs, "headers")
+    _add_column(conn, attempts, "ready_at")
+    for index in attempts.indexes:
+        if index.name == "persistq_attempts_finished":
+            index.create(conn)
+    workers.create(conn)
+
+
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = [_metrics_v2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
@@ -22,9 +23,11 @@ from ._checks import check_float, check_int, check_name
 from ._maintenance import Cleaner, Heartbeat, Rescuer, Watchdog
 from ._types import Handler
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorError
+from .metrics import EventKind, hub
 from .monitoring import log_event
 from .pool import Pool, check_handler
 from .queue import Queue
+from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
 
 if TYPE_CHECKING:
     pass
@@ -64,6 +67,8 @@ class Supervisor:
         thousands of jobs per second, and every job waiting meanwhile waits that much longer.
         It changes the whole process's garbage collector, so it is off by default; the
         ``persistq worker`` command turns it on (a process of its own).
+    :param registry_interval: seconds between refreshes of the supervisor's row in the worker
+        registry (:meth:`Queue.workers`).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Supervisor:
         rescue_interval: float = 1.0,
         heartbeat_interval: float | None = None,
         gc_freeze: bool = False,
+        registry_interval: float = DEFAULT_REGISTRY_INTERVAL,
     ) -> None:
         self.grace = check_float("grace", grace, minimum=0.0)
         self.max_restarts = check_int("max_restarts", max_restarts, minimum=0)
@@ -88,12 +94,18 @@ class Supervisor:
         if not isinstance(gc_freeze, bool):
             raise ArgumentTypeError(f"gc_freeze: expected True or False, got {gc_freeze!r}")
         self.gc_freeze = gc_freeze
+        #: This supervisor's id in the worker registry.
+        self.id: str = uuid.uuid4().hex
+        self.registry_interval = check_float("registry_interval", registry_interval, positive=True)
         self._pools: dict[str, Pool] = {}
         self._restarts: deque[float] = deque()
         self._tg: TaskGroup | None = None
         self._services_scope = anyio.CancelScope()
         self._closed = False
         self._heartbeat: Heartbeat | None = None
+        self._registrar = Registrar(
+            self.id, lambda: list(self._pools.values()), interval=self.registry_interval
+        )
 
     @property
     def pools(self) -> Mapping[str, Pool]:
@@ -124,6 +136,7 @@ class Supervisor:
         with self._services_scope:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._heartbeat.run)
+                await tg.start(self._registrar.run)
                 await tg.start(Watchdog(pools).run)
                 await tg.start(Rescuer(queues, interval=self.rescue_interval).run)
                 await tg.start(Cleaner(queues).run)
@@ -147,6 +160,7 @@ class Supervisor:
         self._closed = True
         with anyio.CancelScope(shield=True):
             await self._stop_all(self.grace)
+            await self._registrar.unregister_all()
         self._services_scope.cancel()
         try:
             return await tg.__aexit__(exc_type, exc, tb)
@@ -230,6 +244,7 @@ class Supervisor:
             raise
         if self._heartbeat is not None:
             self._heartbeat.set_interval(min(self._heartbeat.interval, self._heartbeat_interval()))
+        await self._registrar.register(queue)
         return pool
 
     def _require_running(self) -> TaskGroup:
@@ -291,6 +306,8 @@ class Supervisor:
                 f"{self.restart_period}s; last error: {type(exc).__name__}: {exc}"
             ) from exc
         delay = min(10.0, 0.1 * 2 ** (len(self._restarts) - 1))
+        if hub.observed:
+            pool.emit(EventKind.POOL_RESTARTED, f"{type(exc).__name__}: {exc}")
         log_event(
             logger,
             logging.WARNING,

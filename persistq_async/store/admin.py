@@ -17,6 +17,7 @@ job's queue and state again inside it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Row, delete, func, select, update
@@ -25,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
+from .._jobmeta import tag_pattern
 from .._types import FINISHED_STATES, JobState
 from ..schema import attempts, jobs
 from .records import AttemptRecord, JobRecord, history
@@ -66,9 +68,16 @@ async def find_queue(conn: AsyncConnection, job_id: int) -> str | None:
 
 
 def _page(
-    queue: str | None, state: JobState | None, limit: int, after: int | None, before: int | None
+    queue: str | None,
+    state: JobState | None,
+    limit: int,
+    after: int | None,
+    before: int | None,
+    tags: Sequence[str] = (),
 ) -> Any:
     stmt = select(jobs)
+    for tag in tags:  # a filter on the rows the index walk visits
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
     if queue is not None:
         stmt = stmt.where(jobs.c.queue == queue)
     if state is not None:
@@ -87,10 +96,11 @@ async def list_page(
     limit: int,
     after: int | None,
     before: int | None,
+    tags: Sequence[str] = (),
 ) -> list[tuple[JobRecord, list[AttemptRecord]]]:
     """Up to ``limit`` jobs, oldest first: of ``queue`` (every queue when None), in ``state``
-    (every state when None), with ids above ``after`` or, given ``before``, the last ones
-    below it; with their attempts."""
+    (every state when None), having every one of ``tags``, with ids above ``after`` or, given
+    ``before``, the last ones below it; with their attempts."""
     if (queue is None) == (state is None):
         walks: list[tuple[str | None, JobState | None]] = [(queue, state)]
     elif queue is not None:
@@ -99,7 +109,8 @@ async def list_page(
         walks = [(name, state) for name in await queue_names(conn)]
     rows: list[Row[Any]] = []
     for walk_queue, walk_state in walks:
-        rows.extend(await conn.execute(_page(walk_queue, walk_state, limit, after, before)))
+        stmt = _page(walk_queue, walk_state, limit, after, before, tags)
+        rows.extend(await conn.execute(stmt))
     records = sorted((JobRecord.from_row(r) for r in rows), key=lambda r: r.id)
     records = records[-limit:] if before is not None else records[:limit]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}
