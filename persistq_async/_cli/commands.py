@@ -15,15 +15,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-
 from .._types import FINISHED_STATES, JobState
 from ..config import DEFAULT_DATABASE_FILE, explain_options
-from ..errors import ArgumentError, DatabaseError, JobNotFound
+from ..errors import ArgumentError, JobNotFound
 from ..job import JobInfo
 from ..queue import MAX_LIST_LIMIT, Queue
+from . import monitor
 from .durations import duration, format_duration
-from .output import Output, error, info_dict, stats_dict, when
+from .output import Output, error, info_dict, stats_cell, stats_dict, when
 
 __all__ = ["COMMANDS", "add_parsers", "open_queue", "run"]
 
@@ -55,41 +54,48 @@ async def _names(q: Queue, args: argparse.Namespace) -> list[str]:
 # ---------------------------------------------------------------------- stats, queues
 
 
-def _count_row(data: dict[str, Any], columns: list[str]) -> list[str]:
-    row = []
-    for col in columns:
-        value = data.get(col)
-        if col == "lag":
-            row.append("-" if value is None else format_duration(float(value)))
-        elif isinstance(value, bool):
-            row.append("yes" if value else "no")
-        else:
-            row.append("-" if value is None else str(value))
-    return row
+async def _stats(q: Queue, names: list[str], window: float) -> list[dict[str, Any]]:
+    return [stats_dict(await q.sibling(name).stats(window=window)) for name in names]
+
+
+#: The columns of ``stats`` and of ``queues`` (a column the Stats lack is left out).
+STATS_COLUMNS = ["queue", "queued", "running", "done", "dead", "cancelled", "total"]
+STATS_COLUMNS += ["ready", "scheduled", "lag", "throughput"]
+QUEUES_COLUMNS = ["queue", "ready", "scheduled", "running", "dead", "total", "lag"]
+QUEUES_COLUMNS += ["throughput", "paused"]
+
+
+def stats_table(out: Output, rows: list[dict[str, Any]], wanted: list[str]) -> None:
+    """``rows`` (of :func:`stats_dict`) as a table of the ``wanted`` columns they have."""
+    columns = [c for c in wanted if c == "queue" or (rows and c in rows[0])]
+    if not rows:
+        columns = [c for c in wanted if c in STATS_COLUMNS[:7]]
+    body = [[stats_cell(c, r.get(c)) for c in columns] for r in rows]
+    out.table(columns, body, numeric=columns[1:])
 
 
 async def cmd_stats(q: Queue, args: argparse.Namespace, out: Output) -> int:
-    """Counts by state (and whatever else this version's Stats has), per queue."""
-    rows = [stats_dict(await q.sibling(name).stats()) for name in await _names(q, args)]
+    """Counts by state, lag and the last ``--window`` of deliveries, per queue; every figure
+    of one queue with ``--queue``."""
+    rows = await _stats(q, await _names(q, args), args.window)
     if out.json_mode:
         out.json(rows)
-        return 0
-    columns = ["queue", "queued", "running", "done", "dead", "cancelled", "total"]
-    columns += [c for c in ("ready", "scheduled", "lag") if rows and c in rows[0]]
-    out.table(columns, [_count_row(r, columns) for r in rows], numeric=columns[1:])
+    elif args.queue:
+        (data,) = rows
+        out.fields([(k, stats_cell(k, v)) for k, v in data.items()], title=f"queue {args.queue}")
+    else:
+        stats_table(out, rows, STATS_COLUMNS)
     return 0
 
 
 async def cmd_queues(q: Queue, args: argparse.Namespace, out: Output) -> int:
-    """Every queue of the database, with its counts, and lag where the stats have it."""
+    """Every queue of the database, with its counts, lag and throughput."""
     names = await q.queue_names()
-    rows = [stats_dict(await q.sibling(name).stats()) for name in names]
+    rows = await _stats(q, names, args.window)
     if out.json_mode:
         out.json(rows)
     else:
-        columns = ["queue", "queued", "running", "dead", "total"]
-        columns += [c for c in ("lag", "paused") if rows and c in rows[0]]
-        out.table(columns, [_count_row(r, columns) for r in rows], numeric=columns[1:])
+        stats_table(out, rows, QUEUES_COLUMNS)
     if not names:
         error(f"no queues: the database {q.url.render_as_string(hide_password=True)} has no jobs")
         return 1
@@ -317,7 +323,7 @@ async def _bulk(
     return counts
 
 
-# ---------------------------------------------------------------------- config, health
+# ---------------------------------------------------------------------- config
 
 
 async def cmd_config(args: argparse.Namespace, out: Output) -> int:
@@ -339,28 +345,6 @@ async def cmd_config(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-async def cmd_health(args: argparse.Namespace, out: Output) -> int:
-    """Exit 0 when the database answers a read within ``--timeout``, else 1."""
-    status, detail = "ok", ""
-    queues: list[str] = []
-    try:
-        with anyio.fail_after(args.timeout):
-            async with open_queue(args) as q:
-                queues = await q.queue_names()
-    except TimeoutError:
-        status, detail = "failing", f"no answer within {format_duration(args.timeout)}"
-    except DatabaseError as exc:
-        status, detail = "failing", str(exc)
-    ok = status == "ok"
-    if ok:
-        detail = f"the database answered; {len(queues)} queue(s) with jobs"
-    if out.json_mode:
-        out.json({"ok": ok, "status": status, "detail": detail, "queues": queues})
-    else:
-        out.line(f"{status}: {detail}", style="green" if ok else "bold red")
-    return 0 if ok else 1
-
-
 # ---------------------------------------------------------------------- arguments
 
 #: The commands that run against an open queue.
@@ -374,6 +358,7 @@ COMMANDS: dict[str, Callable[[Queue, argparse.Namespace, Output], Any]] = {
     "cancel": cmd_cancel,
     "delete": cmd_delete,
     "purge": cmd_purge,
+    "workers": monitor.cmd_workers,
 }
 
 
@@ -385,8 +370,14 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    with_json(sub.add_parser("stats", help="counts by state of every queue (or --queue)"))
-    with_json(sub.add_parser("queues", help="every queue with its counts and lag"))
+    for name, help_text in (
+        ("stats", "counts, lag and rates of every queue (every figure of one with --queue)"),
+        ("queues", "every queue with its counts, lag and throughput"),
+    ):
+        p = with_json(sub.add_parser(name, help=help_text))
+        p.add_argument(
+            "--window", type=duration, default=60.0, help="rates over this long (default 1m)"
+        )
 
     jobs = with_json(sub.add_parser("jobs", help="list jobs, oldest first (every queue)"))
     jobs.add_argument("--state", choices=_STATES, default=None)
@@ -435,9 +426,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     config = sub.add_parser("config", help="the effective configuration and its sources")
     config.add_argument("--url", default=None, help="database path or URL")
     config.add_argument("--json", action="store_true", help="print JSON")
-
-    health = with_json(sub.add_parser("health", help="exit 0 when the database answers, else 1"))
-    health.add_argument("--timeout", type=duration, default=5.0, help="default 5s")
+    monitor.add_parsers(sub, common)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -446,6 +435,6 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "config":
         return await cmd_config(args, out)
     if args.command == "health":
-        return await cmd_health(args, out)
+        return await monitor.cmd_health(args, out)
     async with open_queue(args, create=args.command == "put") as q:
         return int(await COMMANDS[args.command](q, args, out))

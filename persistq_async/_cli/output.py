@@ -26,7 +26,7 @@ try:
 except ImportError:  # the cli extra is not installed: plain text
     HAVE_RICH = False
 
-__all__ = ["HAVE_RICH", "Output", "info_dict", "stats_dict", "when"]
+__all__ = ["HAVE_RICH", "Output", "info_dict", "stats_cell", "stats_dict", "when"]
 
 #: Colours of the job states in a terminal.
 STATE_STYLES = {
@@ -72,6 +72,22 @@ def stats_dict(stats: Any) -> dict[str, Any]:
     if lag is not None or hasattr(stats, "lag"):
         data["lag"] = lag
     return data
+
+
+def stats_cell(name: str, value: Any) -> str:
+    """One figure of :func:`stats_dict` for a table: durations as ``3.2s``, rates per second,
+    the outcomes as ``acked 3, nacked 1``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if name == "lag" or name.endswith(("_p50", "_p95", "_p99", "_age", "_seconds")):
+        return format_duration(float(value))
+    if name == "throughput":
+        return f"{float(value):.2f}/s"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+    return str(value)
 
 
 def info_dict(info: JobInfo, *, history: bool) -> dict[str, Any]:

@@ -15,47 +15,48 @@ import sys
 import termios
 import tty
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 
 from ..queue import Queue
-from .commands import open_queue
+from .commands import QUEUES_COLUMNS, open_queue
 from .durations import duration, format_duration
-from .output import HAVE_RICH, Output, render_table, stats_dict
+from .monitor import WORKER_COLUMNS, worker_rows
+from .output import HAVE_RICH, Output, render_table, stats_cell, stats_dict
 
 __all__ = ["add_parser", "run"]
-
-_COLUMNS = ["queue", "queued", "running", "done", "dead", "cancelled", "total"]
 
 
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``watch`` to the ``persistq`` parser."""
-    p = sub.add_parser("watch", help="a live view of every queue; q or Ctrl-C quits")
+    p = sub.add_parser("watch", help="a live view of every queue and worker; q or Ctrl-C quits")
     common(p)
     p.add_argument("--interval", type=duration, default=1.0, help="refresh period (default 1s)")
+    p.add_argument("--window", type=duration, default=60.0, help="rates over (default 1m)")
     p.add_argument("--once", action="store_true", help="print one view and exit")
 
 
-async def _snapshot(q: Queue, only: str | None) -> tuple[list[str], list[list[str]]]:
-    names = [only] if only else await q.queue_names()
-    stats = [stats_dict(await q.sibling(name).stats()) for name in names]
-    columns = list(_COLUMNS)
-    columns += [c for c in ("lag", "paused") if stats and c in stats[0]]
-    rows = []
-    for data in stats:
-        row = []
-        for col in columns:
-            value = data.get(col)
-            if col == "lag":
-                row.append("-" if value is None else format_duration(float(value)))
-            elif isinstance(value, bool):
-                row.append("yes" if value else "no")
-            else:
-                row.append(str(value))
-        rows.append(row)
-    return columns, rows
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _View:
+    columns: list[str]
+    rows: list[list[str]]
+    workers: list[list[str]]
+
+
+async def _snapshot(q: Queue, args: argparse.Namespace) -> _View:
+    names = [args.queue] if args.queue else await q.queue_names()
+    stats = [stats_dict(await q.sibling(name).stats(window=args.window)) for name in names]
+    columns = [c for c in QUEUES_COLUMNS if c == "queue" or (stats and c in stats[0])]
+    if not stats:
+        columns = ["queue"]
+    rows = [[stats_cell(c, data.get(c)) for c in columns] for data in stats]
+    workers = await q.workers()
+    if args.queue:
+        workers = [w for w in workers if args.queue in w.queues]
+    return _View(columns=columns, rows=rows, workers=worker_rows(workers))
 
 
 def _title(q: Queue, interval: float) -> str:
@@ -92,8 +93,11 @@ async def run(args: argparse.Namespace) -> int:
     async with open_queue(args) as q:
         if not out.rich or args.once:
             while True:
-                columns, rows = await _snapshot(q, args.queue)
-                out.table(columns, rows, title=_title(q, args.interval), numeric=columns[1:])
+                view = await _snapshot(q, args)
+                out.line(_title(q, args.interval))
+                out.table(view.columns, view.rows, numeric=view.columns[1:])
+                if view.workers:
+                    out.table(WORKER_COLUMNS, view.workers, numeric=["pid"])
                 if args.once:
                     return 0
                 print(file=out.stream, flush=True)
@@ -103,24 +107,26 @@ async def run(args: argparse.Namespace) -> int:
         from rich.live import Live
         from rich.text import Text
 
-        def view(columns: list[str], rows: list[list[str]]) -> Any:
-            hint = Text("q or Ctrl-C to quit", style="dim")
-            if not rows:
-                hint = Text("no jobs in the database yet; q or Ctrl-C to quit", style="dim")
-            title = Text(_title(q, args.interval), style="bold")
-            return Group(title, render_table(columns, rows, None, columns[1:]), hint)
+        def render(view: _View) -> Any:
+            parts: list[Any] = [Text(_title(q, args.interval), style="bold")]
+            parts.append(render_table(view.columns, view.rows, None, view.columns[1:]))
+            if view.workers:
+                parts.append(render_table(WORKER_COLUMNS, view.workers, None, ["pid"]))
+            else:
+                parts.append(Text("no live workers", style="dim"))
+            hint = "q or Ctrl-C to quit"
+            if not view.rows:
+                hint = "no jobs in the database yet; " + hint
+            parts.append(Text(hint, style="dim"))
+            return Group(*parts)
 
         keys = sys.stdin.fileno() if sys.stdin.isatty() else None
-        columns, rows = await _snapshot(q, args.queue)
-        with (
-            _cbreak(keys),
-            Live(view(columns, rows), console=out.console, auto_refresh=False) as live,
-        ):
+        first = render(await _snapshot(q, args))
+        with _cbreak(keys), Live(first, console=out.console, auto_refresh=False) as live:
             async with anyio.create_task_group() as tg:
                 if keys is not None:
                     tg.start_soon(_until_quit, keys, tg.cancel_scope)
                 while True:
                     await anyio.sleep(args.interval)
-                    columns, rows = await _snapshot(q, args.queue)
-                    live.update(view(columns, rows), refresh=True)
+                    live.update(render(await _snapshot(q, args)), refresh=True)
     return 0

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -152,16 +156,20 @@ def test_listings_cover_every_queue(url: str, tmp_path: Path) -> None:
 
     queues = run_cli("queues", "--json", "--url", url, cwd=tmp_path)
     assert [q["queue"] for q in json.loads(queues.stdout)] == ["default", "mail", "reports"]
-    assert run_cli("queues", "--url", url, cwd=tmp_path).stdout.splitlines()[0].split()[:5] == [
+    assert run_cli("queues", "--url", url, cwd=tmp_path).stdout.splitlines()[0].split() == [
         "queue",
-        "queued",
+        "ready",
+        "scheduled",
         "running",
         "dead",
         "total",
+        "lag",
+        "throughput",
     ]
     watch = run_cli("watch", "--once", "--url", url, cwd=tmp_path)
     assert watch.returncode == 0
-    assert re.search(r"^mail\s+1\s+0\s+0\s+2\s+0\s+3", watch.stdout, re.MULTILINE), watch.stdout
+    assert re.search(r"^mail\s+1\s+0\s+0\s+2\s+3\s", watch.stdout, re.MULTILINE), watch.stdout
+    assert re.search(r"^reports\s+0\s+1\s+0\s+0\s+1\s", watch.stdout, re.MULTILINE)
 
 
 def test_a_job_id_needs_no_queue(url: str, tmp_path: Path) -> None:
@@ -391,10 +399,33 @@ def test_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
 def test_health_is_an_exit_code(url: str, tmp_path: Path) -> None:
     seed(url)
     ok = run_cli("health", "--url", url, cwd=tmp_path)
-    assert (ok.returncode, ok.stdout.split(":")[0]) == (0, "ok")
+    assert ok.returncode == 0
+    assert ok.stdout.splitlines()[-1] == "degraded"  # usable, but no worker
+    assert re.search(r"^mail\s+database\s+ok\s+answered in", ok.stdout, re.MULTILINE)
     report = json.loads(run_cli("health", "--json", "--url", url, cwd=tmp_path).stdout)
     assert report["ok"] is True
-    assert report["queues"] == ["default", "mail", "reports"]
+    assert report["status"] == "degraded"  # no live worker
+    assert [q["queue"] for q in report["queues"]] == ["default", "mail", "reports"]
+    strict = run_cli("health", "--strict", "--url", url, cwd=tmp_path)
+    assert strict.returncode == 1
+    assert strict.stdout.splitlines()[-1] == "degraded"
+    relaxed = run_cli(
+        "health", "--no-workers-needed", "--queue", "mail", "--strict", "--url", url, cwd=tmp_path
+    )
+    assert relaxed.returncode == 0, relaxed.stdout
+    lagging = run_cli(
+        "health",
+        "--no-workers-needed",
+        "--max-lag",
+        "1ms",
+        "--queue",
+        "mail",
+        "--json",
+        "--url",
+        url,
+        cwd=tmp_path,
+    )
+    assert json.loads(lagging.stdout)["status"] == "degraded"
     down = run_cli(
         "health",
         "--json",
@@ -406,3 +437,77 @@ def test_health_is_an_exit_code(url: str, tmp_path: Path) -> None:
     )
     assert down.returncode == 1
     assert json.loads(down.stdout)["status"] == "failing"
+
+
+# ---------------------------------------------------------------------- workers
+
+HANDLER = """
+import anyio
+
+
+async def handler(job):
+    await anyio.sleep(0.01)
+    return "ok"
+"""
+
+
+def _until(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.2)
+
+
+def test_workers_lists_a_running_worker_and_its_pool(url: str, tmp_path: Path) -> None:
+    seed(url)
+    none = run_cli("workers", "--url", url, cwd=tmp_path)
+    assert none.returncode == 1
+    assert none.stderr.strip() == "persistq: error: no workers registered in the database"
+    (tmp_path / "handlers.py").write_text(HANDLER)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "persistq_async",
+            "worker",
+            "handlers:handler",
+            "--queue",
+            "mail",
+            "--concurrency",
+            "3",
+            "--url",
+            url,
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        found: list[dict[str, object]] = []
+
+        def listed() -> bool:
+            done = run_cli("workers", "--json", "--url", url, cwd=tmp_path)
+            found[:] = json.loads(done.stdout) if done.returncode == 0 else []
+            return bool(found)
+
+        _until(listed)
+        (info,) = found
+        assert info["pid"] == worker.pid
+        assert info["alive"] is True
+        pools = info["pools"]
+        assert isinstance(pools, list)
+        assert [(p["queue"], p["concurrency"]) for p in pools] == [("mail", 3)]
+        plain = run_cli("workers", "--url", url, cwd=tmp_path)
+        assert plain.returncode == 0
+        assert re.search(rf"\s{worker.pid}\s.*\syes\s+mail\(mail\) \d/3 busy", plain.stdout)
+        elsewhere = run_cli("workers", "--queue", "reports", "--url", url, cwd=tmp_path)
+        assert elsewhere.returncode == 1
+        watch = run_cli("watch", "--once", "--url", url, cwd=tmp_path)
+        assert re.search(rf"\s{worker.pid}\s", watch.stdout), watch.stdout
+        healthy = run_cli("health", "--queue", "mail", "--strict", "--url", url, cwd=tmp_path)
+        assert healthy.returncode == 0, healthy.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, errors = worker.communicate(timeout=30)
+    assert worker.returncode == 0, errors

@@ -67,7 +67,7 @@ def test_plain_text_on_a_terminal_without_rich(tmp_path: Path) -> None:
     watch.wait_for(lambda out: out.count("persistq watch") >= 2)  # printed again and again
     watch.send(b"\x03")  # Ctrl-C
     assert watch.finish() == 0
-    assert re.search(r"^mail\s+1\s+0\s+0\s+0\s+0\s+1", watch.output.replace("\r", ""), re.MULTILINE)
+    assert re.search(r"^mail\s+1\s+0\s+0\s+0\s+1\s", watch.output.replace("\r", ""), re.MULTILINE)
 
 
 def test_a_bulk_operation_shows_a_progress_bar(tmp_path: Path) -> None:
