@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._durations import parse_duration
 from .errors import ConfigError
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RETENTION_SECONDS",
+    "DURATION_OPTIONS",
     "OPTION_NAMES",
     "Options",
     "explain_options",
@@ -78,6 +80,8 @@ _FLOAT_OPTIONS = frozenset(
         "busy_timeout",
     }
 )
+#: The options that are durations (seconds); the environment and files may write them ``30s``.
+DURATION_OPTIONS = _FLOAT_OPTIONS
 _INT_OPTIONS = frozenset({"max_attempts"})
 _STR_OPTIONS = frozenset({"url", "durability"})
 
@@ -248,6 +252,8 @@ def _file_layer(directory: Path) -> _Layer:
     layer: _Layer = {}
     for name, value in table.items():
         _require_known(name, source)
+        if name in _FLOAT_OPTIONS and isinstance(value, str):
+            value = _parse_text(name, value, source)  # retention_seconds = "7d"
         layer[name] = (_check(name, value, source), source)
     return layer
 
@@ -274,12 +280,22 @@ def _require_known(name: str, source: str) -> None:
 
 
 def _parse_text(name: str, text: str, source: str) -> Any:
-    """Turn an environment variable's text into a value of the option's type (not yet checked)."""
+    """Turn the text of an environment variable (or a duration string in a file) into a value of
+    the option's type (not yet checked)."""
     if name in _FLOAT_OPTIONS:
         try:
             return float(text)
         except ValueError:
-            raise _error(name, source, f"expected a number, got {text!r}") from None
+            pass
+        # Every float option is a number of seconds: "30s", "15m", "7d" say it plainly.
+        try:
+            return parse_duration(text)
+        except ValueError:
+            raise _error(
+                name,
+                source,
+                f"expected a number, got {text!r} (seconds, or a duration such as 30s, 15m, 7d)",
+            ) from None
     if name in _INT_OPTIONS:
         # int() would also take "5_0"; an integer option takes plain digits only.
         if not _INT_TEXT.fullmatch(text.strip()):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._types import FINISHED_STATES, JobState
-from ..config import DEFAULT_DATABASE_FILE, explain_options
+from ..config import DEFAULT_DATABASE_FILE, DURATION_OPTIONS, explain_options
 from ..errors import ArgumentError, JobNotFound
 from ..job import JobInfo
 from ..queue import MAX_LIST_LIMIT, Queue
@@ -116,6 +116,7 @@ async def cmd_jobs(q: Queue, args: argparse.Namespace, out: Output) -> int:
         after_id=args.after,
         before_id=args.before,
         every_queue=not args.queue,
+        tags=args.tag or None,
     )
     if out.json_mode:
         out.json([info_dict(i, history=False) for i in infos])
@@ -211,7 +212,7 @@ async def cmd_put(q: Queue, args: argparse.Namespace, out: Output) -> int:
         payload = json.loads(args.payload)
     except ValueError as exc:
         raise ArgumentError(f"payload: not valid JSON: {exc}") from exc
-    job_id = await q.put(payload, priority=args.priority, delay=args.delay)
+    job_id = await q.put(payload, priority=args.priority, delay=args.delay, tags=args.tag)
     if out.json_mode:
         out.json({"id": job_id, "queue": q.name})
     else:
@@ -337,7 +338,8 @@ async def cmd_config(args: argparse.Namespace, out: Output) -> int:
         if name == "url" and value is None:
             value, source = DEFAULT_DATABASE_FILE, "default (in the working directory)"
         data[name] = {"value": value, "source": source}
-        rows.append([name, str(value), source])
+        shown = format_duration(value) if name in DURATION_OPTIONS else str(value)
+        rows.append([name, shown, source])
     if out.json_mode:
         out.json(data)
     else:
@@ -385,6 +387,9 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     jobs.add_argument("--after", type=int, default=None, metavar="ID", help="the page after ID")
     jobs.add_argument("--before", type=int, default=None, metavar="ID", help="the page before ID")
     jobs.add_argument("--offset", type=int, default=0, help="skip rows (with --queue; slow)")
+    jobs.add_argument(
+        "--tag", action="append", default=None, metavar="TAG", help="having this tag (repeatable)"
+    )
 
     show = with_json(sub.add_parser("show", help="one job with its audit trail"))
     show.add_argument("id", type=int)
@@ -393,6 +398,7 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     put.add_argument("payload")
     put.add_argument("--priority", type=int, default=0)
     put.add_argument("--delay", type=duration, default=None, help="such as 30s, 15m or 2h")
+    put.add_argument("--tag", action="append", default=None, metavar="TAG", help="repeatable")
 
     requeue = with_json(
         sub.add_parser(

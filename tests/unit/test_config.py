@@ -281,9 +281,21 @@ def test_ill_typed_keyword(tmp_path: Path, name: str, value: Any, expected: str)
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        ("lease_seconds", "abc", "expected a number, got 'abc'"),
-        ("lease_seconds", "", "expected a number, got ''"),
-        ("lease_seconds", "true", "expected a number, got 'true'"),
+        (
+            "lease_seconds",
+            "abc",
+            "expected a number, got 'abc' (seconds, or a duration such as 30s, 15m, 7d)",
+        ),
+        (
+            "lease_seconds",
+            "",
+            "expected a number, got '' (seconds, or a duration such as 30s, 15m, 7d)",
+        ),
+        (
+            "lease_seconds",
+            "true",
+            "expected a number, got 'true' (seconds, or a duration such as 30s, 15m, 7d)",
+        ),
         ("backoff_max", "inf", "expected a finite number, got inf"),
         ("max_attempts", "5.0", "expected an integer, got '5.0'"),
         ("max_attempts", "five", "expected an integer, got 'five'"),
@@ -307,7 +319,11 @@ def test_environment_numbers_accept_surrounding_space(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "name", "expected"),
     [
-        ('lease_seconds = "abc"', "lease_seconds", "expected a number, got 'abc'"),
+        (
+            'lease_seconds = "abc"',
+            "lease_seconds",
+            "expected a number, got 'abc' (seconds, or a duration such as 30s, 15m, 7d)",
+        ),
         ("lease_seconds = true", "lease_seconds", "expected a number, got True"),
         ("max_attempts = 5.0", "max_attempts", "expected an integer, got 5.0"),
         ("max_attempts = false", "max_attempts", "expected an integer, got False"),
