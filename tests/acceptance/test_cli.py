@@ -257,6 +257,12 @@ def test_configuration_errors_exit_2(tmp_path: Path) -> None:
     scheme = run_cli("stats", "--url", "mysql://db/x", cwd=tmp_path)
     assert scheme.returncode == 2
     assert "unsupported database 'mysql'" in scheme.stderr
+    unreachable = run_cli(
+        "stats", "--url", "postgresql+asyncpg://postgres@127.0.0.1:1/x", cwd=tmp_path
+    )
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.count("\n") == 1, unreachable.stderr
+    assert unreachable.stderr.startswith("persistq: error: ")
     (tmp_path / "persistq.toml").write_text('durability = "fast"\n')
     toml = run_cli("config", cwd=tmp_path)
     assert toml.returncode == 2
@@ -372,6 +378,16 @@ def test_put_creates_the_database_and_takes_a_duration(url: str, tmp_path: Path)
         datetime.fromisoformat(shown["run_at"]) - datetime.fromisoformat(shown["created_at"])
     ).total_seconds()
     assert ahead == pytest.approx(900, abs=1)
+    tagged = run_cli(
+        "put", "2", "--queue", "mail", "--tag", "urgent", "--tag", "vip", "--url", url, cwd=tmp_path
+    )
+    tagged_id = int(tagged.stdout)
+    found = json.loads(
+        run_cli("jobs", "--tag", "urgent", "--json", "--url", url, cwd=tmp_path).stdout
+    )
+    assert [(j["id"], j["tags"]) for j in found] == [(tagged_id, ["urgent", "vip"])]
+    none = run_cli("jobs", "--tag", "urgent", "--tag", "other", "--url", url, cwd=tmp_path)
+    assert none.returncode == 1
 
 
 def test_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
@@ -388,7 +404,13 @@ def test_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     }
     assert data["durability"] == {"value": "normal", "source": str(tmp_path / "persistq.toml")}
     assert data["max_attempts"] == {"value": 5, "source": "default"}
-    plain = run_cli("config", cwd=tmp_path).stdout
+    plain = run_cli("config", cwd=tmp_path, env={"PERSISTQ_RETENTION_SECONDS": "3d"}).stdout
+    assert re.search(
+        r"^retention_seconds\s+3d\s+environment variable PERSISTQ_RETENTION_SECONDS$",
+        plain,
+        re.MULTILINE,
+    ), plain
+    assert re.search(r"^lease_seconds\s+30s\s+default$", plain, re.MULTILINE), plain
     assert re.search(
         r"^url\s+persistq\.db\s+default \(in the working directory\)$", plain, re.MULTILINE
     )
