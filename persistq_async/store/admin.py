@@ -76,7 +76,7 @@ def _page(
     tags: Sequence[str] = (),
 ) -> Any:
     stmt = select(jobs)
-    for tag in tags:  # a filter on the rows the index walk visits
+    for tag in tags:
         stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
     if queue is not None:
         stmt = stmt.where(jobs.c.queue == queue)
@@ -109,8 +109,7 @@ async def list_page(
         walks = [(name, state) for name in await queue_names(conn)]
     rows: list[Row[Any]] = []
     for walk_queue, walk_state in walks:
-        stmt = _page(walk_queue, walk_state, limit, after, before, tags)
-        rows.extend(await conn.execute(stmt))
+        rows.extend(await conn.execute(_page(walk_queue, walk_state, limit, after, before, tags)))
     records = sorted((JobRecord.from_row(r) for r in rows), key=lambda r: r.id)
     records = records[-limit:] if before is not None else records[:limit]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}

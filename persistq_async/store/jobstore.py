@@ -493,7 +493,6 @@ class JobStore:
         limit: int,
         after: int | None,
         before: int | None,
-        *,
         tags: Sequence[str] = (),
     ) -> list[tuple[JobRecord, list[AttemptRecord]]]:
         """A keyset page of jobs, oldest first (see :func:`.admin.list_page`)."""
