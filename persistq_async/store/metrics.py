@@ -185,15 +185,16 @@ def register_worker(conn: Connection, record: WorkerRecord, prune_before: float)
     conn.execute(delete(workers).where(workers.c.id == record.id))
     conn.execute(insert(workers).values(**_values(record)))
     pruned = conn.execute(delete(workers).where(workers.c.last_seen < prune_before)).rowcount
-    total = conn.execute(select(func.count()).select_from(workers)).scalar_one()
-    if total > MAX_WORKER_ROWS:
-        keep = (
-            select(workers.c.id)
-            .order_by(workers.c.last_seen.desc(), workers.c.id)
-            .limit(MAX_WORKER_ROWS)
-            .scalar_subquery()
-        )
-        pruned += conn.execute(delete(workers).where(workers.c.id.not_in(keep))).rowcount
+    # The heartbeat of the first row past the cap, walking the last_seen index from the newest:
+    # that row and every older one go (ties too, so the table may end a little under the cap).
+    cutoff = conn.execute(
+        select(workers.c.last_seen)
+        .order_by(workers.c.last_seen.desc())
+        .limit(1)
+        .offset(MAX_WORKER_ROWS)
+    ).scalar_one_or_none()
+    if cutoff is not None:
+        pruned += conn.execute(delete(workers).where(workers.c.last_seen <= cutoff)).rowcount
     return int(pruned)
 
 
