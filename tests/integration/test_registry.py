@@ -31,8 +31,8 @@ async def _row_count(q: pq.Queue) -> int:
     return await q.store.read(run, "counting workers")  # type: ignore[arg-type]
 
 
-async def _wait_for(q: pq.Queue, predicate: object, timeout: float = 15.0) -> list[pq.WorkerInfo]:
-    with anyio.fail_after(timeout):
+async def _wait_for(q: pq.Queue, predicate: object, within: float = 15.0) -> list[pq.WorkerInfo]:
+    with anyio.fail_after(within):
         while True:
             found = await q.workers()
             if predicate(found):  # type: ignore[operator]
@@ -77,6 +77,13 @@ async def test_a_supervisor_is_listed_with_its_pools_and_leaves_cleanly(
         assert sup.id not in [w.id for w in await q.workers()]
 
 
+def _start_worker(where: Path, url: str, queue: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "persistq_async", "--log-level", "WARNING", "worker"]
+    return subprocess.Popen(
+        [*command, "reg_handlers:handler", "--url", url, "--queue", queue], cwd=where
+    )
+
+
 async def test_a_killed_worker_is_shown_gone_then_pruned(
     backend_url: str, queue_name: str, tmp_path: Path
 ) -> None:
@@ -88,11 +95,7 @@ async def test_a_killed_worker_is_shown_gone_then_pruned(
             """
         )
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "persistq_async", "--log-level", "WARNING", "worker"]
-        + ["reg_handlers:handler", "--url", backend_url, "--queue", queue_name],
-        cwd=tmp_path,
-    )
+    worker = _start_worker(tmp_path, backend_url, queue_name)
     try:
         async with open_queue(backend_url, queue_name) as q:
             found = await _wait_for(q, lambda ws: any(w.pid == worker.pid for w in ws), 30)
@@ -110,16 +113,18 @@ async def test_a_killed_worker_is_shown_gone_then_pruned(
             assert health.status == "degraded"
         # a worker registering much later prunes the row
         later = time.time() + PRUNE_AFTER + 60
-        async with open_queue(backend_url, queue_name, clock=lambda: later) as q:
-            async with pq.Supervisor(grace=0) as sup:
 
-                async def nothing(job: pq.Job) -> None:
-                    return None
+        async def nothing(job: pq.Job) -> None:
+            return None
 
-                await sup.add(q, nothing)
-                ids = [w.id for w in await q.workers()]
-                assert row.id not in ids
-                assert sup.id in ids
+        async with (
+            open_queue(backend_url, queue_name, clock=lambda: later) as q,
+            pq.Supervisor(grace=0) as sup,
+        ):
+            await sup.add(q, nothing)
+            ids = [w.id for w in await q.workers()]
+            assert row.id not in ids
+            assert sup.id in ids
     finally:
         if worker.poll() is None:
             worker.kill()
