@@ -152,7 +152,8 @@ class Hub:
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop calling ``observer``; nothing happens if it was not registered."""
-        self._observers = tuple(o for o in self._observers if o is not observer)
+        # ==, not is: a bound method is a new object at each access, and equal to itself
+        self._observers = tuple(o for o in self._observers if o != observer)
         self.observed = bool(self._observers)
 
     def add_tracer(self, tracer: Tracer) -> None:
@@ -162,7 +163,7 @@ class Hub:
 
     def remove_tracer(self, tracer: Tracer) -> None:
         """Undo :meth:`add_tracer`."""
-        self._tracers = tuple(t for t in self._tracers if t is not tracer)
+        self._tracers = tuple(t for t in self._tracers if t != tracer)
         self.traced = bool(self._tracers)
 
     def emit(self, event: Event) -> None:
