@@ -55,13 +55,13 @@ Listener = MultiListener[SocketStream] | SocketListener
 
 
 def parse_address(option: str, value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a host and a port.
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a host and a port; port 0 picks a free one.
 
     :raises ArgumentError: naming ``option`` when the value is not of that form.
     """
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ArgumentError(f"{option}: expected HOST:PORT (e.g. 127.0.0.1:9464), got {value!r}")
     return host, int(port_text)
 
