@@ -122,29 +122,28 @@ async def test_the_collector_in_an_applications_own_registry(
     backend_url: str, queue_name: str
 ) -> None:
     registry = CollectorRegistry()
-    async with open_queue(backend_url, queue_name) as q:
-        async with pq.Supervisor(grace=1) as sup:
-            collector = PersistqCollector([q], supervisor=sup, namespace="myapp")
-            registry.register(collector)
-            with collector:
-                await q.put_many([{"n": i} for i in range(4)])
+    async with open_queue(backend_url, queue_name) as q, pq.Supervisor(grace=1) as sup:
+        collector = PersistqCollector([q], supervisor=sup, namespace="myapp")
+        registry.register(collector)
+        with collector:
+            await q.put_many([{"n": i} for i in range(4)])
 
-                async def handler(job: pq.Job) -> None:
-                    if job.payload["n"] == 3:
-                        raise pq.Retry(delay=3600)
+            async def handler(job: pq.Job) -> None:
+                if job.payload["n"] == 3:
+                    raise pq.Retry(delay=3600)
 
-                await sup.add(q, handler, concurrency=2, name="w")
-                async with anyio.create_task_group() as tg:
-                    await tg.start(collector.run, 0.05)
-                    with anyio.fail_after(20):
-                        while (await q.stats()).done < 3:
-                            await anyio.sleep(0.05)
-                    await anyio.sleep(0.2)  # a refresh after the last ack
-                    tg.cancel_scope.cancel()
-                found = samples(generate_latest(registry).decode())
-            # unsubscribed: later events are not counted
-            await q.put({"n": 9})
-            again = samples(generate_latest(registry).decode())
+            await sup.add(q, handler, concurrency=2, name="w")
+            async with anyio.create_task_group() as tg:
+                await tg.start(collector.run, 0.05)
+                with anyio.fail_after(20):
+                    while (await q.stats()).done < 3:  # noqa: ASYNC110 - the database says
+                        await anyio.sleep(0.05)
+                await anyio.sleep(0.2)  # a refresh after the last ack
+                tg.cancel_scope.cancel()
+            found = samples(generate_latest(registry).decode())
+        # unsubscribed: later events are not counted
+        await q.put({"n": 9})
+        again = samples(generate_latest(registry).decode())
     lq = (("queue", queue_name),)
     assert found[("myapp_jobs_put_total", lq)] == 4
     assert again[("myapp_jobs_put_total", lq)] == 4
