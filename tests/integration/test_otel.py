@@ -4,7 +4,6 @@ through the trace context in the job's headers, in one process and across two.""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -138,14 +138,10 @@ async def test_the_trace_crosses_processes(
             """
         )
     )
-    done = subprocess.run(
-        [sys.executable, str(script), backend_url, queue_name],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = await anyio.run_process(
+        [sys.executable, str(script), backend_url, queue_name], check=False
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr.decode()
     produced = json.loads(done.stdout)
     assert produced["kind"] == "PRODUCER"
 
