@@ -89,7 +89,7 @@ async def test_the_consumer_span_continues_the_producers_trace(
         assert consumer.parent is not None
         assert consumer.parent.span_id == producer.context.span_id
         assert consumer.context.trace_id == producer.context.trace_id
-        assert [link.context.span_id for link in consumer.links] == [producer.context.span_id]
+        assert consumer.parent.is_remote  # it came through the headers
     consumer = by_id[str(ok)]
     assert consumer.attributes["messaging.operation.type"] == "process"
     assert consumer.attributes["messaging.system"] == "persistq"
