@@ -54,19 +54,15 @@ def build(path: Path, jobs: int) -> float:
                     finished = now - span + span * i / done
                     started_at = finished - 0.01
                     put_at = started_at - 0.05
-                    job_rows.append(
-                        (job_id, QUEUE, "done", b"{}", 0, 1, 5, put_at, put_at, put_at)
-                        + (started_at, finished)  # noqa: RUF005 - the row's two halves
-                    )
+                    row = (job_id, QUEUE, "done", b"{}", 0, 1, 5, put_at, put_at, put_at)
+                    job_rows.append((*row, started_at, finished))
                     attempt_rows.append(
                         (job_id, 1, "t", started_at, finished, "acked", started_at - 0.05)
                     )
                 else:
                     run_at = now - 30.0 if i < done + ready else now + 3600.0
-                    job_rows.append(
-                        (job_id, QUEUE, "queued", b"{}", 0, 0, 5, run_at)
-                        + (now - 30.0, now - 30.0, None, None)  # noqa: RUF005
-                    )
+                    row = (job_id, QUEUE, "queued", b"{}", 0, 0, 5, run_at, now - 30.0)
+                    job_rows.append((*row, now - 30.0, None, None))
             conn.executemany(
                 "INSERT INTO persistq_jobs (id, queue, state, payload, priority, attempts,"
                 " max_attempts, run_at, enqueued_at, created_at, started_at, finished_at)"
