@@ -12,15 +12,16 @@ import gc
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._checks import check_float, check_int, check_name
 from ._maintenance import Cleaner, Heartbeat, Rescuer, Watchdog
+from ._types import Handler
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorError
 from .metrics import EventKind, hub
 from .monitoring import log_event
@@ -29,7 +30,7 @@ from .queue import Queue
 from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
 
 if TYPE_CHECKING:
-    from .job import Job
+    pass
 
 __all__ = ["DEFAULT_GRACE", "Supervisor"]
 
@@ -201,7 +202,7 @@ class Supervisor:
     async def add(
         self,
         queue: Queue,
-        handler: Callable[[Job], Awaitable[Any]],
+        handler: Handler,
         *,
         concurrency: int = 1,
         job_timeout: float | None = None,

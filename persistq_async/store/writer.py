@@ -146,7 +146,7 @@ class Op(Generic[T]):
                 if self.abandoned and self.on_abandon is not None:
                     self.on_abandon(self.result)  # type: ignore[arg-type]
             except Exception:  # a wake-up must never break the writer
-                logger.exception("post-commit hook failed")
+                logger.exception("post-commit hook failed", extra={"action": "hook_failed"})
 
 
 class BulkOp(Op[T]):
@@ -214,7 +214,11 @@ def run_batch(
             _rollback_quietly(conn)
             if is_busy(exc) and tries < MAX_BUSY_RETRIES and sleep is not None:
                 tries += 1
-                logger.debug("database busy; retrying a batch of %d", len(remaining))
+                logger.debug(
+                    "database busy; retrying a batch of %d",
+                    len(remaining),
+                    extra={"action": "write_busy"},
+                )
                 sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
@@ -224,7 +228,7 @@ def run_batch(
             return
         except Exception as exc:
             _rollback_quietly(conn)
-            logger.exception("a write batch failed unexpectedly")
+            logger.exception("a write batch failed unexpectedly", extra={"action": "write_failed"})
             for op in remaining:
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
@@ -264,7 +268,7 @@ def _rollback_quietly(conn: Connection) -> None:
     try:
         conn.rollback()
     except SQLAlchemyError:
-        logger.debug("rollback failed", exc_info=True)
+        logger.debug("rollback failed", exc_info=True, extra={"action": "rollback_failed"})
 
 
 class Writer(abc.ABC):
@@ -371,7 +375,11 @@ class ThreadWriter(Writer):
                 with self._lock:
                     conn.close()
             except SQLAlchemyError:
-                logger.debug("closing the write connection failed", exc_info=True)
+                logger.debug(
+                    "closing the write connection failed",
+                    exc_info=True,
+                    extra={"action": "connection_close_failed"},
+                )
 
     def _run(self, conn: Connection, batch: list[Op[Any]]) -> None:
         if self._before_batch is not None:
@@ -381,7 +389,11 @@ class ThreadWriter(Writer):
             try:
                 self._after_batch(conn)
             except Exception:  # housekeeping must never stop the writer
-                logger.debug("writer housekeeping failed", exc_info=True)
+                logger.debug(
+                    "writer housekeeping failed",
+                    exc_info=True,
+                    extra={"action": "housekeeping_failed"},
+                )
 
     def _schedule(self) -> None:
         # Dispatch a few loop iterations later, not at once: tasks woken by the last commit
@@ -443,7 +455,10 @@ class ThreadWriter(Writer):
         try:
             self._submit(op)
         except QueueClosed:
-            logger.warning("queue closed; a lease could not be handed back and will expire")
+            logger.warning(
+                "queue closed; a lease could not be released and will expire",
+                extra={"action": "release_lost"},
+            )
 
     async def flush(self) -> None:
         """Nothing to do: submitted operations run by themselves."""

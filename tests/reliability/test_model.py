@@ -40,12 +40,12 @@ from hypothesis.stateful import (
 import persistq_async as pq
 from persistq_async.job import to_datetime
 from persistq_async.store import EXPIRED_ERROR
+from tests.conftest import FakeClock
 
 T = TypeVar("T")
 
-#: Where the injected clock starts; every step moves it by a multiple of 0.5 s, so the
-#: timestamps are exact in binary floating point and in microseconds.
-CLOCK_START = 1_700_000_000.0
+# The injected clock starts at CLOCK_START; every step moves it by a multiple of 0.5 s, so the
+# timestamps are exact in binary floating point and in microseconds.
 LEASE = 10.0
 DEFAULT_MAX_ATTEMPTS = 3
 QUEUE_NAME = "model"
@@ -67,16 +67,6 @@ dedupe_keys = st.sampled_from([None, None, None, "a", "b"])
 ticks = st.sampled_from([0.5, 2.5, 5.0, 9.5, 10.0, 10.5, 30.0])
 retry_delays = st.sampled_from([None, 0.0, 0.5, 5.0, 20.0])
 lease_lengths = st.sampled_from([0.5, 5.0, 10.0, 30.0])
-
-
-class FakeClock:
-    """Epoch seconds that move only when the machine says so."""
-
-    def __init__(self) -> None:
-        self.now = CLOCK_START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
