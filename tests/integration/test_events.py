@@ -72,6 +72,8 @@ async def test_the_life_of_jobs_and_pools_as_events(
         async with pq.Supervisor(grace=1, restart_period=60) as sup:
             await sup.add(q, handler, concurrency=4, job_timeout=0.5, name="p")
             await q.join(timeout=20)
+    # On a shared PostgreSQL database the rescuer may take back other tests' expired leases.
+    events = [e for e in events if e.queue == queue_name]
     assert _of(events, ok) == [K.JOB_PUT, K.JOB_CLAIMED, K.JOB_ACKED]
     assert _of(events, flaky) == [
         K.JOB_PUT,
@@ -96,7 +98,6 @@ async def test_the_life_of_jobs_and_pools_as_events(
     assert claimed.wait_seconds >= 0
     assert acked.run_seconds is not None
     assert acked.run_seconds >= 0
-    assert all(e.queue == queue_name for e in events)
     timeout = next(e for e in events if isinstance(e, JobEvent) and e.kind is K.JOB_TIMEOUT)
     assert timeout.pool == "p"
     assert timeout.run_seconds is not None
