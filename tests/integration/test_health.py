@@ -175,3 +175,41 @@ def test_bad_probe_addresses_are_one_line_errors(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith(f"persistq: error: {message}"), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+async def test_readyz_says_503_while_the_queue_is_failing(
+    backend_url: str, queue_name: str
+) -> None:
+    import argparse
+
+    from persistq_async.cli import _monitor_routes
+
+    args = argparse.Namespace(health=("127.0.0.1", 0), metrics=None)
+    async with open_queue(backend_url, queue_name) as q, pq.Supervisor(grace=0) as sup:
+        await sup.add(q, idle)
+        ((address, routes),) = _monitor_routes(args, q, sup).items()
+        listener = await bind("--health", *address)
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(functools.partial(serve, listener, routes))
+            ready = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+            assert ready.startswith(b"HTTP/1.1 200 OK")
+            await q.store.write(
+                lambda conn: conn.execute(
+                    update(meta).where(meta.c.key == "schema_version").values(value="99")
+                )
+            )
+            try:
+                failing = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+                live = await _exchange(port, b"GET /livez HTTP/1.1\r\n\r\n")
+            finally:
+                await q.store.write(
+                    lambda conn: conn.execute(
+                        update(meta).where(meta.c.key == "schema_version").values(value="2")
+                    )
+                )
+            tg.cancel_scope.cancel()
+    assert failing.startswith(b"HTTP/1.1 503 Service Unavailable")
+    body = json.loads(failing.split(b"\r\n\r\n", 1)[1])
+    assert body["status"] == "failing"
+    assert body["ok"] is False
+    assert live.startswith(b"HTTP/1.1 200 OK")  # the loop still answers

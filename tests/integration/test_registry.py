@@ -169,3 +169,28 @@ async def test_bad_timeouts_are_refused(queue: pq.Queue) -> None:
         await queue.workers(timeout=0)
     with pytest.raises(pq.ArgumentError, match="registry_interval"):
         pq.Supervisor(registry_interval=-1)
+
+
+async def test_a_cancelled_supervisor_still_leaves_the_registry(
+    backend_url: str, queue_name: str
+) -> None:
+    async with open_queue(backend_url, queue_name) as q:
+        started = anyio.Event()
+        ids: list[str] = []
+
+        async def nothing(job: pq.Job) -> None:
+            return None
+
+        async def run() -> None:
+            async with pq.Supervisor(grace=0.5) as sup:
+                await sup.add(q, nothing)
+                ids.append(sup.id)
+                started.set()
+                await anyio.sleep_forever()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await started.wait()
+            assert ids[0] in [w.id for w in await q.workers()]
+            tg.cancel_scope.cancel()  # the supervisor's block is left by cancellation
+        assert ids[0] not in [w.id for w in await q.workers()]
