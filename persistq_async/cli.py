@@ -73,7 +73,7 @@ def load_handler(spec: str) -> Handler:
 # ---------------------------------------------------------------------- demo
 
 
-async def _demo(path: Path) -> None:
+async def _demo(path: Path, shown: str | None = None) -> None:
     print(f"persistq demo on {path}")
     async with Queue(path, name="demo", max_attempts=3, backoff_base=0.05, backoff_max=0.2) as q:
         await q.put({"task": "email", "to": "low@example.org"}, priority=-1)
@@ -116,6 +116,11 @@ async def _demo(path: Path) -> None:
                     f"  attempt {attempt.attempt}: {attempt.outcome}"
                     + (f" - {error[-1]}" if error else "")
                 )
+    if shown is not None:
+        print(f"the demo's database is kept in {path}; see it in a browser with")
+        print(f"  persistq dashboard --url {shown} --token <a secret of yours>")
+    else:
+        print("(`persistq demo --db demo.db` keeps the database, for `persistq dashboard`)")
 
 
 # ---------------------------------------------------------------------- worker
@@ -221,6 +226,20 @@ async def _worker(args: argparse.Namespace) -> None:
     logger.info("worker stopped", extra={"action": "worker_stopped"})
 
 
+# ---------------------------------------------------------------------- dashboard
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        # Imported here: the web extra is optional, and the core never imports it.
+        from .web.serve import serve
+    except ImportError as exc:
+        error(f"the dashboard needs the web extra (pip install 'persistq_async[web]'): {exc}")
+        return 2
+    serve(args.url, host=args.host, port=args.port, token=args.token, read_only=args.read_only)
+    return 0
+
+
 # ---------------------------------------------------------------------- arguments
 
 
@@ -267,6 +286,19 @@ def _parser() -> argparse.ArgumentParser:
         help="leave the garbage collector as it is (see Supervisor's gc_freeze)",
     )
 
+    dashboard = sub.add_parser("dashboard", help="serve the web dashboard (extra 'web')")
+    dashboard.add_argument("--url", default=None, help="database path or URL (default: configured)")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
+    dashboard.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    dashboard.add_argument(
+        "--token",
+        default=None,
+        help="secret that actions need (default: PERSISTQ_DASHBOARD_TOKEN; none: read-only)",
+    )
+    dashboard.add_argument("--read-only", action="store_true", help="refuse every action")
+
     commands.add_parsers(sub, common)
     watch.add_parser(sub, common)
     return parser
@@ -294,12 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with tempfile.TemporaryDirectory(prefix="persistq-demo-") as tmp:
                     anyio.run(_demo, Path(tmp) / "demo.db")
             else:
-                anyio.run(_demo, args.db)
+                anyio.run(_demo, args.db, str(args.db))
             return 0
         if args.command == "worker":
             args.queue = args.queue or "default"
             anyio.run(_worker, args)
             return 0
+        if args.command == "dashboard":
+            return _dashboard(args)
         if args.command == "watch":
             return anyio.run(watch.run, args)
         return anyio.run(commands.run, args)

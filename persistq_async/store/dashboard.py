@@ -1,0 +1,171 @@
+"""The web dashboard's reads: every queue's counts at once, attempts per minute, and pages of
+jobs newest first with priority and tag filters.
+
+Async functions of an ``AsyncConnection``; :class:`JobStore` wraps each in a thin method. The
+lookups by id and the batched bulk actions the dashboard also needs are :mod:`.admin`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .._jobmeta import tag_pattern
+from .._types import JobState
+from ..schema import QUEUED, attempts, jobs
+from .records import JobRecord
+
+__all__ = ["JobPage", "QueueSummary", "Throughput", "job_page", "queue_summaries", "throughput"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueSummary:
+    """One queue's counts per state, and its ready jobs (queued and due) with the oldest's
+    due time."""
+
+    queue: str
+    counts: dict[JobState, int]
+    ready: int
+    oldest_ready_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Throughput:
+    """Attempts that finished per time bucket, by queue and outcome, from ``since`` on.
+
+    ``counts[queue][outcome][i]`` counts the attempts that finished in
+    ``[since + i * bucket_seconds, since + (i + 1) * bucket_seconds)``.
+    """
+
+    since: float
+    bucket_seconds: float
+    buckets: int
+    counts: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobPage:
+    """One keyset page of jobs (newest first) and whether there are more on either side."""
+
+    records: list[JobRecord]
+    has_older: bool
+    has_newer: bool
+
+
+# ---------------------------------------------------------------------- reads
+
+
+async def queue_summaries(conn: AsyncConnection, now: float) -> list[QueueSummary]:
+    """Every queue that has jobs, with its counts per state and its ready jobs."""
+    counts: dict[str, dict[JobState, int]] = {}
+    rows = await conn.execute(
+        select(jobs.c.queue, jobs.c.state, func.count()).group_by(jobs.c.queue, jobs.c.state)
+    )
+    for queue, state, count in rows:
+        counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = int(count)
+    # QUEUED literally, so that SQLite walks the partial index of queued jobs by due time.
+    ready_rows = await conn.execute(
+        select(jobs.c.queue, func.count(), func.min(jobs.c.run_at))
+        .where(QUEUED, jobs.c.run_at <= now)
+        .group_by(jobs.c.queue)
+    )
+    ready = {queue: (int(count), oldest) for queue, count, oldest in ready_rows}
+    return [
+        QueueSummary(
+            queue=queue,
+            counts=counts[queue],
+            ready=ready.get(queue, (0, None))[0],
+            oldest_ready_at=ready.get(queue, (0, None))[1],
+        )
+        for queue in sorted(counts)
+    ]
+
+
+async def throughput(
+    conn: AsyncConnection, since: float, bucket_seconds: float, buckets: int
+) -> Throughput:
+    """Count finished attempts per bucket, queue and outcome, in one pass over the window.
+
+    One ``SUM(CASE ...)`` column per bucket instead of a computed bucket number: rounding a float
+    to an integer differs between SQLite (truncates) and PostgreSQL (rounds).
+    """
+    edges = [since + i * bucket_seconds for i in range(buckets + 1)]
+    columns = [
+        func.sum(
+            case(
+                (
+                    (attempts.c.finished_at >= edges[i]) & (attempts.c.finished_at < edges[i + 1]),
+                    1,
+                ),
+                else_=0,
+            )
+        ).label(f"b{i}")
+        for i in range(buckets)
+    ]
+    stmt = (
+        select(jobs.c.queue, attempts.c.outcome, *columns)
+        .select_from(attempts.join(jobs, jobs.c.id == attempts.c.job_id))
+        .where(attempts.c.finished_at >= since, attempts.c.finished_at < edges[-1])
+        .group_by(jobs.c.queue, attempts.c.outcome)
+    )
+    result = Throughput(since=since, bucket_seconds=bucket_seconds, buckets=buckets)
+    for row in await conn.execute(stmt):
+        values = [int(v or 0) for v in row[2:]]
+        result.counts.setdefault(row[0], {})[row[1]] = values
+    return result
+
+
+async def job_page(
+    conn: AsyncConnection,
+    *,
+    queue: str | None,
+    state: JobState | None,
+    priority: int | None,
+    before_id: int | None,
+    after_id: int | None,
+    limit: int,
+    tags: Sequence[str] = (),
+) -> JobPage:
+    """Job rows newest first, ``limit`` of them, by keyset on the id: ``before_id`` pages to
+    older jobs, ``after_id`` to newer ones. The cost is that of ``limit`` rows, however deep
+    the page (the index on queue, state and id), never a count or an OFFSET."""
+    stmt = select(jobs)
+    if queue is not None:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if state is not None:
+        stmt = stmt.where(jobs.c.state == state.value)
+    if priority is not None:
+        stmt = stmt.where(jobs.c.priority == priority)
+    for tag in tags:
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
+    base = stmt
+    if after_id is not None:
+        stmt = stmt.where(jobs.c.id > after_id).order_by(jobs.c.id.asc())
+    else:
+        if before_id is not None:
+            stmt = stmt.where(jobs.c.id < before_id)
+        stmt = stmt.order_by(jobs.c.id.desc())
+    rows = list(await conn.execute(stmt.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if after_id is not None:
+        rows.reverse()
+    if not rows:
+        return JobPage(records=[], has_older=after_id is not None, has_newer=before_id is not None)
+
+    async def exists(cond: Any) -> bool:
+        probe = base.with_only_columns(jobs.c.id).where(cond).limit(1)
+        return (await conn.execute(probe)).first() is not None
+
+    if after_id is not None:
+        has_newer, has_older = more, await exists(jobs.c.id < rows[-1].id)
+    else:
+        has_older = more
+        has_newer = before_id is not None and await exists(jobs.c.id > rows[0].id)
+    return JobPage(
+        records=[JobRecord.from_row(r) for r in rows], has_older=has_older, has_newer=has_newer
+    )
