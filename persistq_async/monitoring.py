@@ -78,6 +78,8 @@ ACTIONS = frozenset(
         "release_lost",
         "lease_lost",
         "observer_failed",
+        "dashboard_unavailable",
+        "dashboard_failed",
         "worker_registered",
         "worker_unregistered",
         "workers_pruned",

@@ -371,11 +371,15 @@ def create_app(
             status = 409
         elif isinstance(exc, (DatabaseError, QueueClosed)):
             status = 503
-            logger.warning("dashboard: %s", exc)
+            logger.warning("dashboard: %s", exc, extra={"action": "dashboard_unavailable"})
         return _error(request, status, str(exc))
 
     async def on_crash(request: Request, exc: Exception) -> Response:
-        logger.exception("dashboard: unexpected error on %s", request.url.path)
+        logger.exception(
+            "dashboard: unexpected error on %s",
+            request.url.path,
+            extra={"action": "dashboard_failed", "path": request.url.path},
+        )
         return _error(request, 500, "internal error (see the server's log)")
 
     # -------------------------------------------------------------- routes

@@ -395,3 +395,33 @@ async def test_the_workers_api_lists_a_live_supervisor_and_its_pools(
     assert pool["name"] == "mailers"
     assert pool["queue"] == "mail"
     assert pool["concurrency"] == 3
+
+
+@pytest.mark.postgres
+async def test_a_database_that_goes_away_answers_503_with_a_reason(serve: Any) -> None:
+    """On PostgreSQL: the dashboard's database is dropped under it; pages and API say so."""
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import PG_URL, pg_admin
+
+    assert PG_URL is not None
+    name = f"h_web_gone_{os.getpid()}"
+    await pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await pg_admin(PG_URL, f'CREATE DATABASE "{name}"')
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        async with pq.Queue(url, name="mail") as q:
+            await q.put({"n": 1})
+        server = serve(url)
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            assert (await client.get("/api/overview")).status_code == 200
+            await pg_admin(PG_URL, f'DROP DATABASE "{name}" WITH (FORCE)')
+            api = await client.get("/api/overview")
+            page = await client.get("/jobs/1")
+        assert api.status_code == 503
+        assert name in api.json()["error"]
+        assert page.status_code == 503
+        assert "Traceback" not in page.text
+        assert "Traceback" not in server.stop()
+    finally:
+        await pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
