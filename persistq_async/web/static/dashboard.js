@@ -12,15 +12,6 @@
   const TOKEN_HEADER = body.dataset.tokenHeader || "X-PersistQ-Token";
   const TOKEN_KEY = "persistq-dashboard-token";
   const STATES = ["queued", "running", "done", "dead", "cancelled"];
-  const OUTCOME_COLOURS = {
-    acked: "#2e7d32",
-    nacked: "#f9a825",
-    failed: "#c62828",
-    expired: "#6a1b9a",
-    cancelled: "#757575",
-    released: "#90a4ae",
-  };
-  const SVG = "http://www.w3.org/2000/svg";
 
   // ------------------------------------------------------------------ small helpers
 
@@ -36,15 +27,6 @@
     for (const child of children) {
       if (child === null || child === undefined) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
-
-  function svg(tag, attrs) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (key === "text") node.textContent = String(value);
-      else node.setAttribute(key, String(value));
     }
     return node;
   }
@@ -237,55 +219,7 @@
     run();
   }
 
-  // ------------------------------------------------------------------ charts
-
-  // Stacked bars, one per bucket, in outcome colours; values[outcome] is a list per bucket.
-  function barChart(container, values, buckets, options) {
-    const width = options.width || Math.max(300, container.clientWidth || 720);
-    const height = options.height || 140;
-    const pad = options.compact ? 1 : 24;
-    const outcomes = Object.keys(values).sort();
-    const totals = new Array(buckets).fill(0);
-    for (const o of outcomes) values[o].forEach((v, i) => { totals[i] += v; });
-    const max = Math.max(1, ...totals);
-    const chart = svg("svg", {
-      viewBox: `0 0 ${width} ${height}`, width: "100%", height: height, role: "img",
-      class: "bars", preserveAspectRatio: "none",
-    });
-    const plotH = height - (options.compact ? 2 : pad + 6);
-    const barW = (width - (options.compact ? 0 : pad)) / buckets;
-    const x0 = options.compact ? 0 : pad;
-    if (!options.compact) {
-      chart.append(svg("text", { x: 0, y: 10, class: "axis", text: String(max) }));
-      chart.append(svg("text", { x: 0, y: plotH, class: "axis", text: "0" }));
-      chart.append(svg("text", { x: x0, y: height - 4, class: "axis", text: "-60 min" }));
-      chart.append(svg("text", { x: width - 30, y: height - 4, class: "axis", text: "now" }));
-    }
-    for (let i = 0; i < buckets; i++) {
-      let y = plotH;
-      for (const o of outcomes) {
-        const v = values[o][i];
-        if (!v) continue;
-        const h = (v / max) * (plotH - 2);
-        y -= h;
-        const rect = svg("rect", {
-          x: x0 + i * barW + 0.5, y: y, width: Math.max(0.5, barW - 1), height: h,
-          fill: OUTCOME_COLOURS[o] || "#455a64", "data-outcome": o,
-        });
-        rect.append(svg("title", { text: `${o}: ${v} (${60 - i} min ago)` }));
-        chart.append(rect);
-      }
-    }
-    container.replaceChildren(chart);
-  }
-
-  function legend(container, outcomes) {
-    container.replaceChildren(...outcomes.map((o) => {
-      const swatch = el("span", { class: "swatch" });
-      swatch.style.background = OUTCOME_COLOURS[o] || "#455a64"; // CSSOM: allowed by the CSP
-      return el("span", { class: "key" }, swatch, o);
-    }));
-  }
+  const { barChart, legend, timeline } = window.persistqCharts;
 
   // ------------------------------------------------------------------ overview
 
@@ -541,32 +475,6 @@
   }
 
   // ------------------------------------------------------------------ one job
-
-  function timeline(container, history) {
-    if (!history.length) { container.replaceChildren(); return; }
-    const starts = history.map((a) => new Date(a.started_at).getTime());
-    const ends = history.map((a) => (a.finished_at ? new Date(a.finished_at) : new Date()).getTime());
-    const t0 = Math.min(...starts);
-    const span = Math.max(1, Math.max(...ends) - t0);
-    const width = Math.max(300, container.clientWidth || 720);
-    const rowH = 18;
-    const height = history.length * rowH + 20;
-    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", height, role: "img", class: "timeline" });
-    history.forEach((a, i) => {
-      const x = 40 + ((starts[i] - t0) / span) * (width - 60);
-      const w = Math.max(3, ((ends[i] - starts[i]) / span) * (width - 60));
-      chart.append(svg("text", { x: 0, y: i * rowH + 13, class: "axis", text: "#" + a.attempt }));
-      const rect = svg("rect", {
-        x, y: i * rowH + 3, width: w, height: rowH - 6,
-        fill: OUTCOME_COLOURS[a.outcome] || "#1565c0", "data-outcome": a.outcome || "running",
-      });
-      rect.append(svg("title", { text: `attempt ${a.attempt}: ${a.outcome || "running"}, ${duration((ends[i] - starts[i]) / 1000)}` }));
-      chart.append(rect);
-    });
-    chart.append(svg("text", { x: 40, y: height - 4, class: "axis", text: when(history[0].started_at) }));
-    chart.append(svg("text", { x: width - 150, y: height - 4, class: "axis", text: "+" + duration(span / 1000) }));
-    container.replaceChildren(chart);
-  }
 
   function jobPage() {
     const id = body.dataset.jobId;
