@@ -237,6 +237,8 @@
       const tbody = $("#queues tbody");
       const rows = data.queues.map((q) => {
         const link = el("a", { href: path("/queues/", encodeURIComponent(q.name)), text: q.name });
+        // Where flow control exists, the API says whether the queue is paused.
+        const paused = q.paused ? el("span", { class: "state paused", text: "paused" }) : null;
         const spark = el("div", { class: "spark" });
         const series = throughput.queues[q.name];
         if (series) barChart(spark, series, throughput.buckets, { compact: true, width: 120, height: 24 });
@@ -244,7 +246,7 @@
           ? el("a", { href: path("/dead?queue=", encodeURIComponent(q.name)), text: q.dead })
           : document.createTextNode("0");
         return el("tr", { "data-queue": q.name },
-          el("td", {}, link),
+          el("td", {}, link, paused ? " " : null, paused),
           el("td", { class: "num", "data-col": "queued", text: q.queued }),
           el("td", { class: "num", "data-col": "ready", text: q.ready }),
           el("td", { class: "num", "data-col": "scheduled", text: q.scheduled }),
