@@ -107,8 +107,6 @@ async def cmd_queues(q: Queue, args: argparse.Namespace, out: Output) -> int:
 
 async def cmd_jobs(q: Queue, args: argparse.Namespace, out: Output) -> int:
     """Jobs, oldest first, by keyset pages; every queue without ``--queue``."""
-    if args.offset and not args.queue:
-        raise ArgumentError("--offset: only with --queue; page with --after ID")
     infos = await q.list_jobs(
         state=args.state,
         limit=args.limit,
@@ -229,8 +227,6 @@ def _done(out: Output, data: dict[str, Any], text: str) -> None:
 
 async def cmd_requeue(q: Queue, args: argparse.Namespace, out: Output) -> int:
     """Requeue one job by id, or (``--state``) every job of a finished state, in batches."""
-    if (args.id is None) == (args.state is None):
-        raise ArgumentError("requeue: give a job id, or --state STATE for every job in a state")
     if args.id is None:
         counts = await _bulk(
             q,
@@ -435,8 +431,19 @@ def add_parsers(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> 
     monitor.add_parsers(sub, common)
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """What argparse cannot say, said before any database is opened."""
+    if args.command == "requeue" and (args.id is None) == (args.state is None):
+        raise ArgumentError("requeue: give a job id, or --state STATE for every job in a state")
+    if args.command == "jobs" and args.offset and not args.queue:
+        raise ArgumentError("--offset: only with --queue; page with --after ID")
+    if args.command == "jobs" and args.after is not None and args.before is not None:
+        raise ArgumentError("--after and --before: give one or the other, not both")
+
+
 async def run(args: argparse.Namespace) -> int:
     """Run the inspection command ``args.command``; returns the exit status."""
+    _check_usage(args)
     out = Output(json_mode=getattr(args, "json", False))
     if args.command == "config":
         return await cmd_config(args, out)

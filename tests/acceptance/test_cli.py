@@ -224,7 +224,7 @@ USAGE_ERRORS = [
     (["jobs", "--limit", "many"], "invalid int value"),
     (["jobs", "--limit", "0"], "limit"),
     (["jobs", "--offset", "5"], "--offset: only with --queue"),
-    (["jobs", "--after", "1", "--before", "3"], "after_id and before_id"),
+    (["jobs", "--after", "1", "--before", "3"], "--after and --before"),
     (["jobs", "--state", "lost"], "invalid choice"),
     (["purge", "done", "--older-than", "7x"], "invalid duration '7x'"),
     (["put", "{not json", "--queue", "mail"], "payload: not valid JSON"),
@@ -246,6 +246,14 @@ def test_usage_errors_exit_2_with_a_message(
     done = run_cli(*command, *(["--url", "jobs.db"] if command else []), cwd=tmp_path)
     assert done.returncode == 2, done
     assert message in done.stderr
+
+
+def test_usage_errors_are_found_before_the_database_is_opened(tmp_path: Path) -> None:
+    for command in (["requeue"], ["jobs", "--offset", "3"], ["purge", "done", "--older-than", "x"]):
+        done = run_cli(*command, "--url", "missing.db", cwd=tmp_path)
+        assert done.returncode == 2, done
+        assert "no database" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_configuration_errors_exit_2(tmp_path: Path) -> None:
