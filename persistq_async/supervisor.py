@@ -23,7 +23,7 @@ from ._maintenance import Cleaner, Heartbeat, Rescuer, Watchdog
 from ._types import Handler
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorError
 from .monitoring import log_event
-from .pool import Pool, check_handler
+from .pool import DEFAULT_BLOCK_THRESHOLD, Pool, check_handler
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class Supervisor:
         thousands of jobs per second, and every job waiting meanwhile waits that much longer.
         It changes the whole process's garbage collector, so it is off by default; the
         ``persistq worker`` command turns it on (a process of its own).
+    :param block_threshold: seconds one step of a handler (from one ``await`` to the next) may
+        hold the event loop before that handler is logged as blocking (``job_blocking``), and
+        seconds the loop may run late before its lag is logged (``loop_lag``, naming no job).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class Supervisor:
         rescue_interval: float = 1.0,
         heartbeat_interval: float | None = None,
         gc_freeze: bool = False,
+        block_threshold: float = DEFAULT_BLOCK_THRESHOLD,
     ) -> None:
         self.grace = check_float("grace", grace, minimum=0.0)
         self.max_restarts = check_int("max_restarts", max_restarts, minimum=0)
@@ -88,6 +92,8 @@ class Supervisor:
         if not isinstance(gc_freeze, bool):
             raise ArgumentTypeError(f"gc_freeze: expected True or False, got {gc_freeze!r}")
         self.gc_freeze = gc_freeze
+        self.block_threshold = check_float("block_threshold", block_threshold, positive=True)
+        self._watchdog: Watchdog | None = None
         self._pools: dict[str, Pool] = {}
         self._restarts: deque[float] = deque()
         self._tg: TaskGroup | None = None
@@ -99,6 +105,11 @@ class Supervisor:
     def pools(self) -> Mapping[str, Pool]:
         """The running pools by name (read-only)."""
         return MappingProxyType(self._pools)
+
+    @property
+    def loop_lag(self) -> float:
+        """Seconds the event loop was late at the watchdog's last tick (every 0.25 s)."""
+        return 0.0 if self._watchdog is None else self._watchdog.lag
 
     # ------------------------------------------------------------------ life cycle
 
@@ -124,7 +135,8 @@ class Supervisor:
         with self._services_scope:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._heartbeat.run)
-                await tg.start(Watchdog(pools).run)
+                self._watchdog = Watchdog(pools, lag_threshold=self.block_threshold)
+                await tg.start(self._watchdog.run)
                 await tg.start(Rescuer(queues, interval=self.rescue_interval).run)
                 await tg.start(Cleaner(queues).run)
                 task_status.started()
@@ -221,6 +233,7 @@ class Supervisor:
             concurrency=concurrency,
             job_timeout=job_timeout,
             on_crash=self._on_crash,
+            block_threshold=self.block_threshold,
         )
         self._pools[pool_name] = pool
         try:
