@@ -22,6 +22,7 @@ import anyio
 from ._types import Handler, JobState
 from .errors import ArgumentError, PersistQError
 from .job import Job, JobInfo
+from .logformat import JSONFormatter
 from .pool import check_handler
 from .queue import Queue
 from .supervisor import DEFAULT_GRACE, Supervisor
@@ -255,6 +256,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=None, help="logging level (default INFO; WARNING for the demo)"
     )
+    log_format_help = "text lines (default), or one JSON object per line with the structured fields"
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help=log_format_help
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -267,6 +272,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a supervised pool until SIGINT/SIGTERM")
     common(worker)
     worker.add_argument("handler", help="the handler, as module.path:function")
+    # Also after the sub-command, where a worker's options are written; SUPPRESS keeps the
+    # top-level value when it is not repeated here.
+    worker.add_argument(
+        "--log-format", choices=["text", "json"], default=argparse.SUPPRESS, help=log_format_help
+    )
     worker.add_argument("--concurrency", type=int, default=10)
     worker.add_argument("--job-timeout", type=float, default=None)
     worker.add_argument("--grace", type=float, default=DEFAULT_GRACE)
@@ -322,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JSONFormatter())
     if hasattr(args, "queue"):
         args.queue_given = args.queue is not None
         args.queue = args.queue or "default"
