@@ -8,6 +8,18 @@
 from __future__ import annotations
 
 from ._types import ACTIVE_STATES, FINISHED_STATES, Handler, JobState, Serializer
+from .alerts import (
+    Alert,
+    Alerting,
+    AlertRule,
+    DeadJobsRule,
+    FailureRateRule,
+    NoWorkerRule,
+    PoolRestartsRule,
+    QueueLagRule,
+    WalSizeRule,
+    WebhookSink,
+)
 from .config import Options
 from .errors import (
     ArgumentError,
@@ -27,6 +39,7 @@ from .errors import (
     SupervisorError,
 )
 from .job import Attempt, Job, JobInfo
+from .logformat import JSONFormatter
 from .monitoring import Stats
 from .pool import Pool
 from .queue import Queue
@@ -38,12 +51,18 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVE_STATES",
     "FINISHED_STATES",
+    "Alert",
+    "AlertRule",
+    "Alerting",
     "ArgumentError",
     "ArgumentTypeError",
     "Attempt",
     "ConfigError",
     "DatabaseError",
+    "DeadJobsRule",
+    "FailureRateRule",
     "Handler",
+    "JSONFormatter",
     "JSONSerializer",
     "Job",
     "JobAlreadyFinished",
@@ -52,11 +71,14 @@ __all__ = [
     "JobState",
     "JobStateError",
     "LeaseLost",
+    "NoWorkerRule",
     "Options",
     "PersistQError",
     "Pool",
+    "PoolRestartsRule",
     "Queue",
     "QueueClosed",
+    "QueueLagRule",
     "Reject",
     "Retry",
     "SchemaError",
@@ -65,5 +87,7 @@ __all__ = [
     "Stats",
     "Supervisor",
     "SupervisorError",
+    "WalSizeRule",
+    "WebhookSink",
     "__version__",
 ]

@@ -40,6 +40,8 @@ ACTIONS = frozenset(
         "alert_firing",
         "alert_resolved",
         "alert_sink_failed",
+        "alert_lease_taken",
+        "alert_lease_lost",
         "pool_started",
         "pool_stopped",
         "pool_resized",

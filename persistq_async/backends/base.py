@@ -129,5 +129,11 @@ class Backend(abc.ABC):
     def before_batch(self, conn: Connection, kinds: Sequence[str]) -> None:  # noqa: B027
         """On a dedicated writer thread, before a batch of operations of these kinds."""
 
+    def wal_bytes(self) -> int | None:
+        """The size of the database's write-ahead log in bytes, where the library can see it
+        (an SQLite ``-wal`` file); None where it cannot. Reads the file system: call it off the
+        event loop."""
+        return None
+
     def after_batch(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """On a dedicated writer thread, after a batch committed (housekeeping; must not raise)."""

@@ -211,6 +211,13 @@ class SQLiteBackend(Backend):
                 extra={"action": "wal_growing", "wal_bytes": size},
             )
 
+    def wal_bytes(self) -> int | None:
+        """The size of the ``-wal`` file beside the database (0 when there is none)."""
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except FileNotFoundError:
+            return 0
+
     @property
     def path(self) -> Path:
         """The database file."""
