@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 
 from ._types import Handler, JobState
+from .alerts import Alerting
 from .errors import ArgumentError, PersistQError
 from .job import Job, JobInfo
 from .logformat import JSONFormatter
@@ -111,11 +112,14 @@ async def _demo(path: Path) -> None:
 
 async def _worker(args: argparse.Namespace) -> None:
     handler = load_handler(args.handler)
+    alerting = Alerting.from_config()  # the [alerts] table, checked before anything opens
     # One signal receiver for the whole run: between two receivers the default disposition
     # would be back, and a second SIGTERM arriving then would kill the process outright.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Queue(args.url, name=args.queue) as q, anyio.create_task_group() as tg:
-            async with Supervisor(grace=args.grace, gc_freeze=args.gc_freeze) as sup:
+            async with Supervisor(
+                grace=args.grace, gc_freeze=args.gc_freeze, alerts=alerting
+            ) as sup:
                 await sup.add(
                     q,
                     handler,
