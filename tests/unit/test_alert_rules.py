@@ -1,4 +1,4 @@
-"""Alert rules: their states (pending, firing, resolved) and their validation, without a database."""
+"""Alert rules: their states (pending, firing, resolved) and validation, without a database."""
 
 from __future__ import annotations
 

@@ -1,0 +1,93 @@
+"""Schema version 2 (alerting) from a version-1 database: jobs kept, the new tables usable.
+
+The version-1 database is made the way today's main makes it, by removing from a fresh one what
+version 2 adds (three tables and one index) and stamping version 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import persistq_async as pq
+from persistq_async import schema
+from persistq_async.alerts import AlertEvaluator, Alerting
+from persistq_async.backends import normalize_url
+from tests.conftest import private_pg_database
+
+V2_TABLES = ("persistq_alert_lease", "persistq_alert_state", "persistq_pool_restarts")
+
+
+async def downgrade_to_version_1(url: str) -> None:
+    engine = create_async_engine(normalize_url(url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP INDEX persistq_attempts_finished"))
+            for table in V2_TABLES:
+                await conn.execute(text(f"DROP TABLE {table}"))
+            await conn.execute(
+                text("UPDATE persistq_meta SET value = '1' WHERE key = 'schema_version'")
+            )
+    finally:
+        await engine.dispose()
+
+
+async def table_names(url: str) -> set[str]:
+    engine = create_async_engine(normalize_url(url))
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def migrate_and_check(url: str) -> None:
+    async with pq.Queue(url, name="emails") as q:
+        done = await q.put({"n": 1})
+        job = await q.get_nowait()
+        assert job is not None
+        await job.ack("sent")
+        waiting = await q.put({"n": 2})
+    await downgrade_to_version_1(url)
+    assert not set(V2_TABLES) & await table_names(url)
+
+    async with pq.Queue(url, name="emails") as q:
+        info = await q.job(done)
+        assert info is not None
+        assert (info.state, info.result) == (pq.JobState.DONE, "sent")
+        assert (await q.job(waiting)) is not None
+        assert set(V2_TABLES) <= await table_names(url)
+        seen: list[pq.Alert] = []
+
+        async def sink(alert: pq.Alert) -> None:
+            seen.append(alert)
+
+        rule = pq.QueueLagRule(name="lag", queue="emails", above=0)
+        evaluator = AlertEvaluator(Alerting(rules=(rule,), sinks=(sink,)), lambda: [q])
+        await evaluator.tick()
+        assert [(a.rule, a.status) for a in seen] == [("lag", "firing")]
+    engine = create_async_engine(normalize_url(url))
+    try:
+        async with engine.connect() as conn:
+            version = (
+                await conn.execute(
+                    text("SELECT value FROM persistq_meta WHERE key = 'schema_version'")
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert version == str(schema.SCHEMA_VERSION)
+
+
+async def test_sqlite_database_of_version_1_is_migrated(tmp_path: Path) -> None:
+    await migrate_and_check(str(tmp_path / "v1.db"))
+
+
+@pytest.mark.postgres
+def test_postgres_database_of_version_1_is_migrated() -> None:
+    with private_pg_database("persistq_migrate") as url:
+        asyncio.run(migrate_and_check(url))
