@@ -116,6 +116,7 @@ class Supervisor:
         self._alert_evaluator: AlertEvaluator | None = None
         # Restarts not yet recorded in the database (it may be what failed): (pool, at, error).
         self._pending_restarts: deque[tuple[Pool, float, str]] = deque(maxlen=MAX_PENDING_RESTARTS)
+        self._restarts_lock = anyio.Lock()
         self._pools: dict[str, Pool] = {}
         self._restarts: deque[float] = deque()
         self._tg: TaskGroup | None = None
@@ -307,18 +308,20 @@ class Supervisor:
     async def _record_restarts(self) -> None:
         """Write the restarts not yet recorded (for the pool-restarts alert rule of whichever
         process evaluates); those the database refuses wait for the next try."""
-        while self._pending_restarts:
-            pool = self._pending_restarts[0][0]
-            store = pool.queue.store if not pool.queue.closed else None
-            if store is None or not store.is_open:
-                self._pending_restarts.popleft()  # its database is gone from this process
-                continue
-            batch = [r for r in self._pending_restarts if r[0].queue.store is store]
-            await AlertStore(store).record_restarts(
-                [(p.queue.name, p.name, t, e) for p, t, e in batch]
-            )
-            for item in batch:
-                self._pending_restarts.remove(item)
+        # One writer at a time: a crash and the evaluator's tick may both flush.
+        async with self._restarts_lock:
+            while self._pending_restarts:
+                pool = self._pending_restarts[0][0]
+                store = pool.queue.store if not pool.queue.closed else None
+                if store is None or not store.is_open:
+                    self._pending_restarts.popleft()  # its database is gone from this process
+                    continue
+                batch = [r for r in self._pending_restarts if r[0].queue.store is store]
+                await AlertStore(store).record_restarts(
+                    [(p.queue.name, p.name, t, e) for p, t, e in batch]
+                )
+                for item in batch:
+                    self._pending_restarts.remove(item)
 
     async def _on_crash(self, pool: Pool, exc: BaseException) -> None:
         now = anyio.current_time()
