@@ -35,10 +35,11 @@ SINK_DEADLINE = 120.0
 
 async def log_alert(alert: Alert) -> None:
     """Log the alert at WARNING, action ``alert_firing`` or ``alert_resolved``."""
+    resolved = alert.status == "resolved"
     log_event(
         logger,
         logging.WARNING,
-        f"alert_{alert.status}",
+        "alert_resolved" if resolved else "alert_firing",
         f"alert {alert.rule} {alert.status}: {alert.summary}",
         rule=alert.rule,
         kind=alert.kind,
