@@ -40,7 +40,7 @@ from .errors import (
 )
 from .job import Attempt, Job, JobInfo
 from .logformat import JSONFormatter
-from .monitoring import Stats
+from .monitoring import HealthCheck, HealthReport, PoolInfo, Stats, WorkerInfo
 from .pool import Pool
 from .queue import Queue
 from .serializers import JSONSerializer
@@ -62,6 +62,8 @@ __all__ = [
     "DeadJobsRule",
     "FailureRateRule",
     "Handler",
+    "HealthCheck",
+    "HealthReport",
     "JSONFormatter",
     "JSONSerializer",
     "Job",
@@ -75,6 +77,7 @@ __all__ = [
     "Options",
     "PersistQError",
     "Pool",
+    "PoolInfo",
     "PoolRestartsRule",
     "Queue",
     "QueueClosed",
@@ -89,5 +92,6 @@ __all__ = [
     "SupervisorError",
     "WalSizeRule",
     "WebhookSink",
+    "WorkerInfo",
     "__version__",
 ]

@@ -7,6 +7,7 @@ The database comes from ``--url``, else the configuration (``PERSISTQ_URL``, ``p
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from ._http import Listener, Response, Route, bind, parse_address, serve
 from ._types import Handler, JobState
 from .alerts import Alerting
 from .errors import ArgumentError, PersistQError
@@ -110,9 +112,66 @@ async def _demo(path: Path) -> None:
 # ---------------------------------------------------------------------- worker
 
 
+def _monitor_routes(
+    args: argparse.Namespace, q: Queue, sup: Supervisor
+) -> dict[tuple[str, int], dict[str, Route]]:
+    """The HTTP routes ``--metrics`` and ``--health`` ask for, by address (one server when
+    both name the same address)."""
+    servers: dict[tuple[str, int], dict[str, Route]] = {}
+    if args.health is not None:
+
+        async def livez() -> Response:
+            # Answering at all shows that the event loop runs.
+            return Response(status=200, content_type="text/plain; charset=utf-8", body=b"ok\n")
+
+        async def readyz() -> Response:
+            report = await q.health()
+            body = json.dumps(report.as_dict(), indent=2).encode() + b"\n"
+            return Response(
+                status=200 if report.ok else 503, content_type="application/json", body=body
+            )
+
+        servers.setdefault(args.health, {}).update({"/livez": livez, "/readyz": readyz})
+    if args.metrics is not None:
+        from prometheus_client import CollectorRegistry
+
+        from .contrib.prometheus import PersistqCollector, render
+
+        registry = CollectorRegistry()
+        collector = PersistqCollector([q], supervisor=sup)
+        registry.register(collector)
+        collector.subscribe()
+
+        async def metrics() -> Response:
+            await collector.refresh()
+            body, content_type = render(registry)
+            return Response(status=200, content_type=content_type, body=body)
+
+        servers.setdefault(args.metrics, {})["/metrics"] = metrics
+    return servers
+
+
+def _check_monitor_args(args: argparse.Namespace) -> None:
+    args.metrics = None if args.metrics is None else parse_address("--metrics", args.metrics)
+    args.health = None if args.health is None else parse_address("--health", args.health)
+    if args.metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise ArgumentError(
+                "--metrics: needs prometheus_client: pip install 'persistq_async[prometheus]'"
+            ) from None
+
+
 async def _worker(args: argparse.Namespace) -> None:
     handler = load_handler(args.handler)
     alerting = Alerting.from_config()  # the [alerts] table, checked before anything opens
+    _check_monitor_args(args)
+    # Bound before anything starts, so that an address in use is a plain error (exit 2).
+    listeners: dict[tuple[str, int], Listener] = {}
+    for option, address in (("--health", args.health), ("--metrics", args.metrics)):
+        if address is not None and address not in listeners:
+            listeners[address] = await bind(option, *address)
     # One signal receiver for the whole run: between two receivers the default disposition
     # would be back, and a second SIGTERM arriving then would kill the process outright.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -127,6 +186,8 @@ async def _worker(args: argparse.Namespace) -> None:
                     job_timeout=args.job_timeout,
                     name=args.queue,
                 )
+                for address, routes in _monitor_routes(args, q, sup).items():
+                    await tg.start(functools.partial(serve, listeners.pop(address), routes))
                 logger.info(
                     "worker started: queue %s, concurrency %d; SIGINT/SIGTERM to stop",
                     args.queue,
@@ -284,6 +345,18 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=10)
     worker.add_argument("--job-timeout", type=float, default=None)
     worker.add_argument("--grace", type=float, default=DEFAULT_GRACE)
+    worker.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (extra 'prometheus')",
+    )
+    worker.add_argument(
+        "--health",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /livez and /readyz probes at HOST:PORT (may equal --metrics)",
+    )
     worker.add_argument(
         "--no-gc-freeze",
         dest="gc_freeze",

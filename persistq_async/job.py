@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -13,8 +14,10 @@ import anyio
 
 from ._checks import check_seconds
 from ._crash import crash_point
+from ._jobmeta import decode_headers, decode_tags
 from ._types import JobState
 from .errors import JobAlreadyFinished, SerializationError
+from .metrics import EventKind, JobEvent, hub
 from .monitoring import log_event
 from .store import Delivery
 
@@ -105,6 +108,8 @@ class JobInfo:
     run_at: datetime
     dedupe_key: str | None
     history: list[Attempt] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_record(
@@ -128,6 +133,8 @@ class JobInfo:
             run_at=to_datetime(record.run_at),  # type: ignore[arg-type]
             dedupe_key=record.dedupe_key,
             history=[Attempt.from_record(a) for a in history],
+            tags=decode_tags(record.tags),
+            headers=decode_headers(record.headers),
         )
 
 
@@ -155,18 +162,21 @@ class Job:
         "_backoff",
         "_finished",
         "_lease_seconds",
+        "_ready_at",
         "_serializer",
         "_started_at",
         "_store",
         "_token",
         "attempts",
         "enqueued_at",
+        "headers",
         "id",
         "lease_expires_at",
         "max_attempts",
         "payload",
         "priority",
         "queue",
+        "tags",
     )
 
     def __init__(
@@ -198,7 +208,13 @@ class Job:
         self.lease_expires_at: datetime = to_datetime(record.lease_expires_at)  # type: ignore[assignment]
         self._store = store
         self._token: str = record.lease_token
+        #: The tags given at put.
+        self.tags: tuple[str, ...] = decode_tags(record.tags)
+        #: The headers given at put (with trace context, when a tracer added it); read-only.
+        self.headers: Mapping[str, str] = decode_headers(record.headers)
         self._started_at: float | None = record.started_at
+        # when the job became claimable for this delivery (its run_at at the claim)
+        self._ready_at: float = record.run_at
         self._serializer = serializer
         self._backoff = backoff
         self._finished: str | None = None
@@ -243,10 +259,13 @@ class Job:
                 queue=self.queue,
                 attempt=self.attempts,
                 started_at=self._started_at,
+                ready_at=self._ready_at,
             )
         await self._store.ack(self.id, self._token, data, delivery=delivery)
         crash_point("after-ack-commit")
         self._finished = "acked"
+        if hub.observed:
+            self._emit(EventKind.JOB_ACKED, None)
         log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)
 
     async def nack(self, *, delay: float | timedelta | None = None, error: object = None) -> None:
@@ -263,10 +282,16 @@ class Job:
         else:
             seconds = check_seconds("delay", delay)
         state = await self._store.nack(
-            self.id, self._token, self._store.clock() + seconds, _error_text(error)
+            self.id,
+            self._token,
+            self._store.clock() + seconds,
+            _error_text(error),
+            ready_at=self._ready_at,
         )
         self._finished = "nacked"
         dead = state == JobState.DEAD
+        if hub.observed:
+            self._emit(EventKind.JOB_DEAD if dead else EventKind.JOB_NACKED, error)
         log_event(
             logger,
             logging.INFO if dead else logging.DEBUG,
@@ -287,6 +312,8 @@ class Job:
         self._check("fail")
         await self._store.fail(self.id, self._token, _error_text(error))
         self._finished = "failed"
+        if hub.observed:
+            self._emit(EventKind.JOB_DEAD, error)
         log_event(
             logger,
             logging.INFO,
@@ -295,6 +322,19 @@ class Job:
             job_id=self.id,
             queue=self.queue,
             error=_error_text(error),
+        )
+
+    def _emit(self, kind: EventKind, error: object) -> None:
+        run = None if self._started_at is None else self._store.clock() - self._started_at
+        hub.emit(
+            JobEvent(
+                kind=kind,
+                queue=self.queue,
+                job_id=self.id,
+                attempts=self.attempts,
+                run_seconds=run,
+                error=None if error is None else _error_text(error),
+            )
         )
 
     async def release(self) -> None:

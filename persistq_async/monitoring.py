@@ -8,12 +8,28 @@ stable; match on them rather than on messages.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ._types import JobState
 
-__all__ = ["ACTIONS", "Stats", "log_event"]
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_STATS_WINDOW",
+    "HealthCheck",
+    "HealthReport",
+    "PoolInfo",
+    "Stats",
+    "WorkerInfo",
+    "log_event",
+    "percentile",
+]
+
+#: Seconds of attempt history :meth:`Queue.stats` summarises by default.
+DEFAULT_STATS_WINDOW = 60.0
 
 #: The stable action names found in log records' ``action`` field.
 ACTIONS = frozenset(
@@ -66,13 +82,30 @@ ACTIONS = frozenset(
         "housekeeping_failed",
         "release_lost",
         "lease_lost",
+        "observer_failed",
+        "worker_registered",
+        "worker_unregistered",
+        "workers_pruned",
+        "monitor_serving",
+        "monitor_failed",
     }
 )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
-    """How many jobs of one queue are in each state (delayed jobs count as queued)."""
+    """One queue as the database sees it, the same from every process.
+
+    The counts are of jobs now (``queued`` = ``ready`` + ``scheduled``, delayed jobs being
+    scheduled). The rest summarises the deliveries that finished in the last
+    ``window_seconds``: ``finished`` counts them per outcome (``acked``, ``nacked``, ``failed``,
+    ``expired``, ``released``, ``cancelled``), ``throughput`` is the jobs completed (acked,
+    failed, or dead after their last attempt) per second, ``retries`` the deliveries that ended
+    with the job queued again (nacked or expired with attempts left). Percentiles are over at
+    most the :data:`~persistq_async.store.metrics.MAX_SAMPLE` most recent deliveries of the
+    window; run time is from claim to outcome, wait time from the moment the job became
+    claimable to its claim. They are None when the window holds no delivery.
+    """
 
     queue: str
     queued: int
@@ -80,11 +113,29 @@ class Stats:
     done: int
     dead: int
     cancelled: int
+    ready: int = 0
+    scheduled: int = 0
+    oldest_ready_age: float | None = None
+    window_seconds: float = 0.0
+    finished: Mapping[str, int] = field(default_factory=dict)
+    throughput: float = 0.0
+    retries: int = 0
+    run_time_p50: float | None = None
+    run_time_p95: float | None = None
+    run_time_p99: float | None = None
+    wait_time_p50: float | None = None
+    wait_time_p95: float | None = None
+    wait_time_p99: float | None = None
 
     @property
     def total(self) -> int:
         """Every job the queue holds."""
         return self.queued + self.running + self.done + self.dead + self.cancelled
+
+    @property
+    def lag(self) -> float | None:
+        """Seconds the oldest ready job has waited to be claimed (None when none is ready)."""
+        return self.oldest_ready_age
 
     @classmethod
     def from_counts(cls, queue: str, counts: dict[JobState, int]) -> Stats:
@@ -103,3 +154,92 @@ def log_event(logger: logging.Logger, level: int, action: str, message: str, **f
     """Log ``message`` with ``action`` and ``fields`` as structured ``extra`` attributes."""
     if logger.isEnabledFor(level):
         logger.log(level, message, extra={"action": action, **fields})
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of ``ordered`` (sorted ascending); None when empty."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolInfo:
+    """One pool of a registered worker, as its supervisor last reported it."""
+
+    name: str
+    queue: str
+    concurrency: int
+    active: int
+    processed: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A :class:`~persistq_async.Supervisor` in the worker registry.
+
+    ``alive`` is False when its heartbeat (``last_seen``) is older than the timeout the listing
+    was asked with: the process crashed or hangs; its row is pruned later.
+    """
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime
+    alive: bool
+    pools: tuple[PoolInfo, ...] = ()
+
+    @property
+    def queues(self) -> frozenset[str]:
+        """The queues its pools consume."""
+        return frozenset(p.queue for p in self.pools)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    """One check of a :class:`HealthReport`: ``status`` is "ok", "degraded" or "failing"."""
+
+    name: str
+    status: str
+    detail: str
+    value: float | int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthReport:
+    """What :meth:`Queue.health` found. ``status`` is the worst of the checks'.
+
+    ``ok`` is True unless something is failing (the database does not answer, or its schema
+    is not this library's): a degraded queue (lagging, no live worker, a large WAL) still
+    works, and a readiness probe should not take its workers out for it.
+    """
+
+    queue: str
+    status: str
+    checks: tuple[HealthCheck, ...]
+    database_reachable: bool
+    round_trip_seconds: float | None
+    schema_version: int | None
+    lag_seconds: float | None
+    live_workers: int | None
+    wal_bytes: int | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the queue can be used (status "ok" or "degraded")."""
+        return self.status != "failing"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (the ``/readyz`` body)."""
+        return {
+            "queue": self.queue,
+            "status": self.status,
+            "ok": self.ok,
+            "checks": [
+                {"name": c.name, "status": c.status, "detail": c.detail, "value": c.value}
+                for c in self.checks
+            ],
+        }

@@ -34,6 +34,7 @@ from .errors import (
     SerializationError,
     SupervisorError,
 )
+from .metrics import EventKind, JobEvent, PoolEvent, hub
 from .monitoring import log_event
 
 if TYPE_CHECKING:
@@ -216,6 +217,8 @@ class Pool:
                         f"pool {self.name} started",
                         pool=self.name,
                     )
+                    if hub.observed:
+                        self.emit(EventKind.POOL_STARTED)
                     task_status.started()
                     with self._claim_scope:
                         await self._claim_forever()
@@ -229,9 +232,23 @@ class Pool:
             log_event(
                 logger, logging.INFO, "pool_stopped", f"pool {self.name} stopped", pool=self.name
             )
+            if hub.observed:
+                self.emit(EventKind.POOL_STOPPED)
         if self._fatal is not None:
             # Raised here, outside the pool's own task group, so it is not wrapped twice.
             raise self._fatal
+
+    def emit(self, kind: EventKind, error: str | None = None) -> None:
+        """Tell the observers about this pool (call only when ``hub.observed``)."""
+        hub.emit(
+            PoolEvent(
+                kind=kind,
+                pool=self.name,
+                queue=self.queue.name,
+                concurrency=self._concurrency,
+                error=error,
+            )
+        )
 
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming now; running handlers get ``grace`` seconds, then are cancelled."""
@@ -334,7 +351,11 @@ class Pool:
                         threshold=self.block_threshold,
                         on_slow=lambda seconds: self._blocked(execution, seconds),
                     )
-                result = await running
+                if hub.traced:
+                    with hub.process_spans(job, self.name):
+                        result = await running
+                else:
+                    result = await running
                 returned = True
         except Exception as exc:
             error = exc
@@ -403,6 +424,18 @@ class Pool:
             if reason is StopReason.TIMEOUT:
                 self.failed += 1
                 message = f"timeout: the handler ran longer than job_timeout={self.job_timeout}s"
+                if hub.observed:
+                    hub.emit(
+                        JobEvent(
+                            kind=EventKind.JOB_TIMEOUT,
+                            queue=job.queue,
+                            job_id=job.id,
+                            attempts=job.attempts,
+                            pool=self.name,
+                            run_seconds=elapsed,
+                            error=message,
+                        )
+                    )
                 await job.nack(error=message)
                 log_event(
                     logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields

@@ -6,7 +6,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -25,12 +25,21 @@ from ._checks import (
     check_seconds,
 )
 from ._crash import crash_point
+from ._jobmeta import check_headers, check_tags, encode_headers, encode_tags
 from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
 from .job import Job, JobInfo, decode
-from .monitoring import Stats, log_event
+from .metrics import EventKind, JobEvent, hub
+from .monitoring import (
+    DEFAULT_STATS_WINDOW,
+    HealthReport,
+    Stats,
+    WorkerInfo,
+    log_event,
+)
+from .observe import DEFAULT_MAX_LAG, DEFAULT_WORKER_TIMEOUT, check_health, make_stats, make_workers
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
 
@@ -171,6 +180,8 @@ class Queue:
         max_attempts: Any,
         dedupe_key: Any,
         now: float,
+        tags: str | None = None,
+        headers: str | None = None,
     ) -> NewJob:
         priority = check_int("priority", priority)
         if not -(2**31) <= priority < 2**31:
@@ -196,6 +207,8 @@ class Queue:
             run_at=due,
             max_attempts=max_attempts,
             dedupe_key=dedupe_key,
+            tags=tags,
+            headers=headers,
         )
 
     async def put(
@@ -207,6 +220,8 @@ class Queue:
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        tags: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: AsyncConnection | AsyncSession | None = None,
     ) -> int:
         """Add a job; returns its id once it is committed.
@@ -218,17 +233,37 @@ class Queue:
         :param max_attempts: deliveries before a nack makes it dead; the option by default.
         :param dedupe_key: while a queued or running job of this queue holds the key, its id is
             returned instead of adding a job.
+        :param tags: strings to find the job by (``list_jobs(tags=...)``); at most
+            ``MAX_TAGS``, each at most ``MAX_TAG_LENGTH`` characters.
+        :param headers: string metadata carried with the job (trace context goes here); at most
+            ``MAX_HEADERS`` entries and ``MAX_HEADERS_BYTES`` bytes in all.
         :param connection: the application's own ``AsyncConnection`` or ``AsyncSession`` on the
             same database: the job is written in its transaction and exists iff that commits.
         :raises SerializationError: the payload is not a JSON value; nothing is written.
-        :raises ArgumentError: a bad value (negative delay, naive run_at, both delay and run_at).
+        :raises ArgumentError: a bad value (negative delay, naive run_at, both delay and run_at,
+            tags or headers past their limits).
         :raises ArgumentTypeError: an argument of the wrong type.
         """
         store = self.store
-        new = self._new_job(
-            payload, priority, delay, run_at, max_attempts, dedupe_key, store.clock()
-        )
-        ids = await self._insert([new], connection)
+        checked_tags = check_tags(tags)
+        checked_headers = check_headers(headers)
+
+        def build(encoded_headers: str | None) -> list[NewJob]:
+            return [
+                self._new_job(
+                    payload,
+                    priority,
+                    delay,
+                    run_at,
+                    max_attempts,
+                    dedupe_key,
+                    store.clock(),
+                    encode_tags(checked_tags),
+                    encoded_headers,
+                )
+            ]
+
+        ids = await self._put_traced(build, checked_headers, 1, connection)
         log_event(logger, logging.DEBUG, "job_put", "job put", job_id=ids[0], queue=self.name)
         return ids[0]
 
@@ -241,6 +276,8 @@ class Queue:
         run_at: datetime | None = None,
         max_attempts: int | None = None,
         dedupe_key: str | None = None,
+        tags: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
         connection: AsyncConnection | AsyncSession | None = None,
     ) -> list[int]:
         """Add several jobs with the same options in one transaction: all or nothing.
@@ -252,15 +289,51 @@ class Queue:
             raise ArgumentTypeError(
                 f"payloads: expected an iterable of payloads, got {type(payloads).__name__}"
             )
-        now = store.clock()
-        new = [
-            self._new_job(p, priority, delay, run_at, max_attempts, dedupe_key, now)
-            for p in payloads
-        ]
-        if not new:
+        checked_tags = encode_tags(check_tags(tags))
+        checked_headers = check_headers(headers)
+        items = list(payloads)
+        if not items:
             return []
-        ids = await self._insert(new, connection)
+
+        def build(encoded_headers: str | None) -> list[NewJob]:
+            now = store.clock()
+            return [
+                self._new_job(
+                    p,
+                    priority,
+                    delay,
+                    run_at,
+                    max_attempts,
+                    dedupe_key,
+                    now,
+                    checked_tags,
+                    encoded_headers,
+                )
+                for p in items
+            ]
+
+        ids = await self._put_traced(build, checked_headers, len(items), connection)
         log_event(logger, logging.DEBUG, "job_put", "jobs put", count=len(ids), queue=self.name)
+        return ids
+
+    async def _put_traced(
+        self,
+        build: Callable[[str | None], list[NewJob]],
+        headers: dict[str, str],
+        count: int,
+        connection: AsyncConnection | AsyncSession | None,
+    ) -> list[int]:
+        """Build and insert the jobs, inside the tracers' put spans when any is registered
+        (they may add trace context to the headers first); then tell the observers."""
+        if hub.traced:
+            with hub.put_spans(self.name, headers, count) as report:
+                ids = await self._insert(build(encode_headers(headers)), connection)
+                report(ids)
+        else:
+            ids = await self._insert(build(encode_headers(headers)), connection)
+        if hub.observed:
+            for job_id in ids:
+                hub.emit(JobEvent(kind=EventKind.JOB_PUT, queue=self.name, job_id=job_id))
         return ids
 
     async def _insert(
@@ -334,6 +407,16 @@ class Queue:
                 await store.fail(record.id, record.lease_token, "payload cannot be decoded")
                 continue
             claimed.append(job)
+            if hub.observed:
+                hub.emit(
+                    JobEvent(
+                        kind=EventKind.JOB_CLAIMED,
+                        queue=self.name,
+                        job_id=job.id,
+                        attempts=job.attempts,
+                        wait_seconds=(record.started_at or record.run_at) - record.run_at,
+                    )
+                )
             log_event(
                 logger,
                 logging.DEBUG,
@@ -451,9 +534,52 @@ class Queue:
 
     # ------------------------------------------------------------------ inspect and operate
 
-    async def stats(self) -> Stats:
-        """How many jobs of this queue are in each state."""
-        return Stats.from_counts(self.name, await self.store.counts(self.name))
+    async def stats(self, window: float | timedelta = DEFAULT_STATS_WINDOW) -> Stats:
+        """This queue as the database sees it: counts by state (ready and scheduled apart),
+        the lag, and the deliveries that finished in the last ``window`` seconds (rates,
+        retries, run and wait time percentiles). The same from every process.
+
+        :raises ArgumentError: ``window`` is not positive.
+        """
+        store = self.store
+        seconds = check_seconds("window", window, positive=True)
+        return make_stats(self.name, seconds, await store.read_stats(self.name, seconds))
+
+    async def workers(self, *, timeout: float = DEFAULT_WORKER_TIMEOUT) -> list[WorkerInfo]:  # noqa: ASYNC109 - a staleness limit, not a deadline
+        """The supervisors registered in this queue's database (every queue's), oldest first.
+
+        A worker whose last heartbeat is more than ``timeout`` seconds old is listed with
+        ``alive=False`` (crashed, or hanging); such rows are pruned when a supervisor registers.
+        """
+        store = self.store
+        limit = check_float("timeout", timeout, positive=True)
+        return make_workers(await store.read_workers(), store.clock(), limit)
+
+    async def health(
+        self,
+        *,
+        max_lag: float = DEFAULT_MAX_LAG,
+        max_wal_bytes: int | None = None,
+        require_workers: bool = True,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+    ) -> HealthReport:
+        """Check the database (reachable, round-trip time, schema version), this queue's lag
+        against ``max_lag`` seconds, its live workers (none is "degraded" when
+        ``require_workers``), and on SQLite the WAL's size against ``max_wal_bytes``.
+
+        Never raises for a database that is down: that is a "failing" report.
+        """
+        store = self.store
+        return await check_health(
+            self.name,
+            store,
+            max_lag=check_float("max_lag", max_lag, positive=True),
+            max_wal_bytes=None
+            if max_wal_bytes is None
+            else check_int("max_wal_bytes", max_wal_bytes, minimum=1),
+            require_workers=bool(require_workers),
+            worker_timeout=check_float("worker_timeout", worker_timeout, positive=True),
+        )
 
     async def job(self, job_id: int) -> JobInfo | None:
         """The job with this id in this queue, with its history; None if there is none."""
@@ -464,16 +590,23 @@ class Queue:
         return JobInfo.from_record(found[0], found[1], self.serializer)
 
     async def list_jobs(
-        self, *, state: JobState | str | None = None, limit: int = 100, offset: int = 0
+        self,
+        *,
+        state: JobState | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        tags: Sequence[str] | None = None,
     ) -> list[JobInfo]:
-        """Jobs of this queue, oldest first, optionally in one state."""
+        """Jobs of this queue, oldest first, optionally in one state and having every one of
+        ``tags``."""
         store = self.store
         chosen = None if state is None else _check_state(state)
+        wanted = check_tags(tags)
         limit = check_int("limit", limit, minimum=1)
         if limit > MAX_LIST_LIMIT:
             raise ArgumentError(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
         offset = check_int("offset", offset, minimum=0)
-        found = await store.list_jobs(self.name, chosen, limit, offset)
+        found = await store.list_jobs(self.name, chosen, limit, offset, tags=wanted)
         return [JobInfo.from_record(r, h, self.serializer) for r, h in found]
 
     async def requeue(self, job_id: int) -> None:
@@ -495,6 +628,8 @@ class Queue:
         """
         cancelled = await self.store.cancel(check_int("job_id", job_id), self.name)
         if cancelled:
+            if hub.observed:
+                hub.emit(JobEvent(kind=EventKind.JOB_CANCELLED, queue=self.name, job_id=job_id))
             log_event(
                 logger,
                 logging.INFO,

@@ -39,12 +39,13 @@ __all__ = [
     "attempts",
     "jobs",
     "pool_restarts",
+    "workers",
     "meta",
     "metadata",
 ]
 
 #: Bumped by every migration; a database with a higher version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
@@ -85,6 +86,10 @@ jobs = Table(
     Column("last_error", Text),
     Column("result", LargeBinary),
     Column("finished_at", _Time),
+    # job metadata (schema 2): tags as "\x1fa\x1fb\x1f" so that a LIKE finds one on both
+    # databases without JSON functions; headers as a JSON object of strings
+    Column("tags", Text),
+    Column("headers", Text),
     # AUTOINCREMENT: ids are never reused after a delete, so an id names one job forever
     sqlite_autoincrement=True,
     sqlite_strict=True,
@@ -157,11 +162,30 @@ attempts = Table(
     # acked, nacked, failed, expired, released, cancelled
     Column("outcome", Text, nullable=False),
     Column("error", Text),
+    # when the delivery's job became claimable (schema 2): the wait is started_at - ready_at
+    Column("ready_at", _Time),
     sqlite_strict=True,
 )
 Index("persistq_attempts_job", attempts.c.job_id, attempts.c.attempt)
+# stats(window=...) reads the attempts finished in the window, whatever the table's size.
+Index("persistq_attempts_finished", attempts.c.finished_at)
 
-# ---------------------------------------------------------------------- alerting (version 2)
+# The worker registry (schema 2): one row per running Supervisor, refreshed by its heartbeat.
+workers = Table(
+    "persistq_workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", _Time, nullable=False),
+    Column("last_seen", _Time, nullable=False),
+    # a JSON list of the supervisor's pools: name, queue, concurrency, active, processed, failed
+    Column("pools", Text, nullable=False),
+    sqlite_strict=True,
+)
+Index("persistq_workers_last_seen", workers.c.last_seen)
+
+# ---------------------------------------------------------------------- alerting (version 3)
 
 # Which process evaluates the alert rules of this database: one row per lease name, held by
 # ``owner`` until ``expires_at``; taken over by another process once it has expired.
@@ -203,18 +227,35 @@ pool_restarts = Table(
     sqlite_strict=True,
 )
 Index("persistq_pool_restarts_at", pool_restarts.c.restarted_at)
-# The failure-rate rule counts the attempts that ended within its window.
-_attempts_finished = Index("persistq_attempts_finished", attempts.c.finished_at)
+# (The failure-rate rule counts the attempts that ended within its window through the
+# persistq_attempts_finished index of version 2.)
 
 
 def _add_alerting(conn: Connection) -> None:
-    """Version 1 -> 2: the alerting tables, and the index on attempts' end times."""
+    """Version 2 -> 3: the alerting tables."""
     for table in (alert_lease, alert_state, pool_restarts):
         table.create(conn)
-    _attempts_finished.create(conn)
 
 
 Migration = Callable[[Connection], None]
 
+
+def _add_column(conn: Connection, table: Table, name: str) -> None:
+    column = table.c[name]
+    kind = column.type.compile(dialect=conn.dialect)
+    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+
+
+def _metrics_v2(conn: Connection) -> None:
+    """Job tags and headers, the attempts' ready time and finish index, the worker registry."""
+    _add_column(conn, jobs, "tags")
+    _add_column(conn, jobs, "headers")
+    _add_column(conn, attempts, "ready_at")
+    for index in attempts.indexes:
+        if index.name == "persistq_attempts_finished":
+            index.create(conn)
+    workers.create(conn)
+
+
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
-MIGRATIONS: list[Migration] = [_add_alerting]
+MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting]

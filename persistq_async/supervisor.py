@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType, TracebackType
@@ -30,9 +31,11 @@ from .errors import (
     QueueClosed,
     SupervisorError,
 )
+from .metrics import EventKind, hub
 from .monitoring import log_event
 from .pool import DEFAULT_BLOCK_THRESHOLD, Pool, check_handler
 from .queue import Queue
+from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
 from .store.alerts import AlertStore
 
 if TYPE_CHECKING:
@@ -83,6 +86,8 @@ class Supervisor:
     :param block_threshold: seconds one step of a handler (from one ``await`` to the next) may
         hold the event loop before that handler is logged as blocking (``job_blocking``), and
         seconds the loop may run late before its lag is logged (``loop_lag``, naming no job).
+    :param registry_interval: seconds between refreshes of the supervisor's row in the worker
+        registry (:meth:`Queue.workers`).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class Supervisor:
         gc_freeze: bool = False,
         block_threshold: float = DEFAULT_BLOCK_THRESHOLD,
         alerts: Alerting | Iterable[AlertRule] | None = None,
+        registry_interval: float = DEFAULT_REGISTRY_INTERVAL,
     ) -> None:
         self.grace = check_float("grace", grace, minimum=0.0)
         self.max_restarts = check_int("max_restarts", max_restarts, minimum=0)
@@ -109,6 +115,9 @@ class Supervisor:
         if not isinstance(gc_freeze, bool):
             raise ArgumentTypeError(f"gc_freeze: expected True or False, got {gc_freeze!r}")
         self.gc_freeze = gc_freeze
+        #: This supervisor's id in the worker registry.
+        self.id: str = uuid.uuid4().hex
+        self.registry_interval = check_float("registry_interval", registry_interval, positive=True)
         self.block_threshold = check_float("block_threshold", block_threshold, positive=True)
         self._watchdog: Watchdog | None = None
         #: The alert settings, if this supervisor evaluates alert rules.
@@ -123,6 +132,9 @@ class Supervisor:
         self._services_scope = anyio.CancelScope()
         self._closed = False
         self._heartbeat: Heartbeat | None = None
+        self._registrar = Registrar(
+            self.id, lambda: list(self._pools.values()), interval=self.registry_interval
+        )
 
     @property
     def pools(self) -> Mapping[str, Pool]:
@@ -158,6 +170,8 @@ class Supervisor:
         with self._services_scope:
             async with anyio.create_task_group() as tg:
                 await tg.start(self._heartbeat.run)
+                await tg.start(self._registrar.run)
+                await tg.start(Watchdog(pools).run)
                 self._watchdog = Watchdog(pools, lag_threshold=self.block_threshold)
                 await tg.start(self._watchdog.run)
                 await tg.start(Rescuer(queues, interval=self.rescue_interval).run)
@@ -187,6 +201,7 @@ class Supervisor:
         self._closed = True
         with anyio.CancelScope(shield=True):
             await self._stop_all(self.grace)
+            await self._registrar.unregister_all()
         self._services_scope.cancel()
         try:
             return await tg.__aexit__(exc_type, exc, tb)
@@ -271,6 +286,7 @@ class Supervisor:
             raise
         if self._heartbeat is not None:
             self._heartbeat.set_interval(min(self._heartbeat.interval, self._heartbeat_interval()))
+        await self._registrar.register(queue)
         return pool
 
     def _require_running(self) -> TaskGroup:
@@ -360,6 +376,8 @@ class Supervisor:
                 f"{self.restart_period}s; last error: {type(exc).__name__}: {exc}"
             ) from exc
         delay = min(10.0, 0.1 * 2 ** (len(self._restarts) - 1))
+        if hub.observed:
+            pool.emit(EventKind.POOL_RESTARTED, f"{type(exc).__name__}: {exc}")
         log_event(
             logger,
             logging.WARNING,

@@ -50,10 +50,15 @@ RELEASE_TIMEOUT = 5.0
 LiveWorkers = Callable[["Queue", str], Awaitable[int | None]]
 
 
+async def registry_live_workers(queue: Queue, name: str) -> int:
+    """Live supervisors with a pool on the queue ``name``, from the worker registry."""
+    return sum(1 for w in await queue.workers() if w.alive and name in w.queues)
+
+
 class _Signals:
     """What the rules read in one evaluation of one database, each read made once."""
 
-    def __init__(self, queue: Queue, now: float, live_workers: LiveWorkers | None) -> None:
+    def __init__(self, queue: Queue, now: float, live_workers: LiveWorkers) -> None:
         self.now = now
         self._queue = queue
         self._store = AlertStore(queue.store)
@@ -89,8 +94,6 @@ class _Signals:
         )
 
     async def live_workers(self, queue: str) -> int | None:
-        if self._live_workers is None:
-            return None
         live = self._live_workers
         found: int | None = await self._once(("workers", queue), lambda: live(self._queue, queue))
         return found
@@ -133,7 +136,7 @@ class AlertEvaluator(Service):
     :param alerting: the rules, sinks, interval and lease length.
     :param queues: the open queues whose databases to watch (one evaluation per database).
     :param live_workers: counts live supervisors with a pool on a queue (``no_worker`` rules);
-        without it those rules cannot be measured and never fire.
+        by default from the worker registry (:meth:`Queue.workers`).
     :param before_tick: called at the start of every tick (the supervisor records its restarts).
     :param owner: this process's name in the lease; host, pid and a random part by default.
     """
@@ -151,7 +154,7 @@ class AlertEvaluator(Service):
         self.queues = queues
         self.interval = alerting.interval
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._live_workers = live_workers
+        self._live_workers = registry_live_workers if live_workers is None else live_workers
         self._before_tick = before_tick
         self._held: dict[str, JobStore] = {}
         self._pruned: dict[str, float] = {}

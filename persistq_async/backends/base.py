@@ -126,14 +126,17 @@ class Backend(abc.ABC):
         statement (:meth:`insert_jobs`); 0 when such puts run one by one."""
         return 0
 
+    def wal_bytes(self) -> int | None:
+        """The size of the write-ahead log this process can see, in bytes; None where the
+        database keeps it out of reach (a server). For health checks."""
+        return None
+
+    def wal_warn_bytes(self) -> int:
+        """The WAL size above which health checks say "degraded" by default."""
+        return 64 * 1024 * 1024
+
     def before_batch(self, conn: Connection, kinds: Sequence[str]) -> None:  # noqa: B027
         """On a dedicated writer thread, before a batch of operations of these kinds."""
-
-    def wal_bytes(self) -> int | None:
-        """The size of the database's write-ahead log in bytes, where the library can see it
-        (an SQLite ``-wal`` file); None where it cannot. Reads the file system: call it off the
-        event loop."""
-        return None
 
     def after_batch(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """On a dedicated writer thread, after a batch committed (housekeeping; must not raise)."""

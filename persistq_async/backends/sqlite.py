@@ -211,13 +211,6 @@ class SQLiteBackend(Backend):
                 extra={"action": "wal_growing", "wal_bytes": size},
             )
 
-    def wal_bytes(self) -> int | None:
-        """The size of the ``-wal`` file beside the database (0 when there is none)."""
-        try:
-            return os.path.getsize(f"{self.path}-wal")
-        except FileNotFoundError:
-            return 0
-
     @property
     def path(self) -> Path:
         """The database file."""
@@ -397,6 +390,17 @@ class SQLiteBackend(Backend):
         )
         job_id = conn.execute(stmt).scalar_one_or_none()
         return None if job_id is None else int(job_id)
+
+    def wal_bytes(self) -> int | None:
+        """The size of the database's ``-wal`` file (0 when there is none)."""
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except FileNotFoundError:
+            return 0
+
+    def wal_warn_bytes(self) -> int:
+        """:data:`WAL_WARN_BYTES`, the size past which the writer reports ``wal_growing``."""
+        return WAL_WARN_BYTES
 
     def grouped_put_rows(self) -> int:
         """The single puts of a batch go in as one multi-row ``INSERT``."""

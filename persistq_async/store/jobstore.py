@@ -23,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._types import JobState
 from ..backends import Backend
 from ..errors import DatabaseError, QueueClosed
+from ..metrics import EventKind, JobEvent, hub
+from . import metrics as mx
 from . import reads
 from . import transactions as tx
-from .records import AttemptRecord, ClaimResult, JobRecord, NewJob
+from .records import AttemptRecord, ClaimResult, JobRecord, NewJob, Rescued
 from .schema_setup import create_schema
-from .statements import CLEAN_CHUNK, claim_statement
+from .statements import CLEAN_CHUNK, EXPIRED_ERROR, claim_statement
 from .wakeups import CancelListener, Wakeups
 from .writer import DirectWriter, Op, ThreadWriter, Writer, wrap_db_error
 
@@ -265,7 +267,7 @@ class JobStore:
             kind="claim",
         )
         try:
-            return await writer.run(op)
+            result = await writer.run(op)
         except BaseException as exc:
             if not isinstance(exc, Exception):
                 with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_WAIT):
@@ -274,17 +276,26 @@ class JobStore:
                     for release in releases:
                         await release.done.wait()
             raise
+        if result.rescued and hub.observed:
+            _emit_rescued(result.rescued)
+        return result
 
     async def rescue(self) -> int:
         """Move jobs whose lease expired back to queued (or to dead when attempts are spent)."""
+        found: list[Rescued] = []
+
+        def run(conn: Connection) -> int:
+            found.clear()  # the writer may run a batch again after a busy database
+            return tx.rescue(conn, self._ctx, self.clock(), found)
 
         def woken(count: int) -> None:
             if count:
                 self.wakeups.notify_all_work()
 
-        return await self.write(
-            lambda conn: tx.rescue(conn, self._ctx, self.clock()), on_commit=woken
-        )
+        count = await self.write(run, on_commit=woken)
+        if found and hub.observed:
+            _emit_rescued(found)
+        return count
 
     # ------------------------------------------------------------------ outcomes
 
@@ -319,9 +330,18 @@ class JobStore:
             )
         await writer.run(op)
 
-    async def nack(self, job_id: int, token: str, run_at: float, error: str | None) -> JobState:
+    async def nack(
+        self,
+        job_id: int,
+        token: str,
+        run_at: float,
+        error: str | None,
+        *,
+        ready_at: float | None = None,
+    ) -> JobState:
         """Retry a delivery at ``run_at``, or make the job dead when its attempts are spent.
 
+        :param ready_at: when the delivery's job had become claimable (for wait times).
         :returns: the job's new state (QUEUED or DEAD).
         """
 
@@ -330,7 +350,7 @@ class JobStore:
                 self.wakeups.notify(result[1], work=True)
 
         state, _ = await self.write(
-            lambda conn: tx.nack(conn, self._ctx, job_id, token, run_at, error),
+            lambda conn: tx.nack(conn, self._ctx, job_id, token, run_at, error, ready_at),
             on_commit=committed,
         )
         return state
@@ -442,13 +462,73 @@ class JobStore:
         return await self.read(lambda conn: reads.read_job(conn, job_id, queue), "reading a job")
 
     async def list_jobs(
-        self, queue: str, state: JobState | None, limit: int, offset: int
+        self,
+        queue: str,
+        state: JobState | None,
+        limit: int,
+        offset: int,
+        *,
+        tags: Sequence[str] = (),
     ) -> list[tuple[JobRecord, list[AttemptRecord]]]:
-        """Jobs of ``queue`` (in ``state``), oldest first, with their attempts."""
+        """Jobs of ``queue`` (in ``state``, with every one of ``tags``), oldest first, with
+        their attempts."""
         return await self.read(
-            lambda conn: reads.list_jobs(conn, queue, state, limit, offset), "listing jobs"
+            lambda conn: reads.list_jobs(conn, queue, state, limit, offset, tags), "listing jobs"
         )
 
     async def queue_names(self) -> list[str]:
         """Every queue name that has jobs."""
         return await self.read(reads.queue_names, "listing queues")
+
+    # ------------------------------------------------------------------ monitoring (.metrics)
+
+    async def read_stats(self, queue: str, window: float) -> mx.StatsRecord:
+        """Counts, ready jobs and the last ``window`` seconds of deliveries of ``queue``."""
+        now = self.clock()
+        return await self.read(
+            lambda conn: mx.read_stats(conn, queue, now, window), "reading stats"
+        )
+
+    async def read_oldest_ready(self, queue: str) -> float | None:
+        """When the oldest ready job of ``queue`` became claimable (epoch seconds), or None."""
+        now = self.clock()
+        return await self.read(
+            lambda conn: mx.read_oldest_ready(conn, queue, now), "reading the lag"
+        )
+
+    async def read_schema_version(self) -> int | None:
+        """The schema version the database records (a round trip, for health checks)."""
+        return await self.read(mx.read_schema_version, "reading the schema version")
+
+    async def read_workers(self) -> list[mx.WorkerRecord]:
+        """The worker registry's rows."""
+        return await self.read(mx.read_workers, "listing workers")
+
+    async def register_worker(self, record: mx.WorkerRecord, prune_before: float) -> int:
+        """Record a worker (pruning stale rows); how many rows were pruned."""
+        return await self.write(lambda conn: mx.register_worker(conn, record, prune_before))
+
+    async def refresh_worker(self, record: mx.WorkerRecord, prune_before: float) -> bool:
+        """Refresh a worker's heartbeat and pools; True if it had to register again."""
+        # Written like a lease extension (no fsync of its own): a heartbeat lost to a power
+        # cut only makes the worker look older until the next one.
+        return await self.write(
+            lambda conn: mx.refresh_worker(conn, record, prune_before), kind="extend"
+        )
+
+    async def unregister_worker(self, worker_id: str) -> int:
+        """Remove a worker's row (clean shutdown)."""
+        return await self.write(lambda conn: mx.unregister_worker(conn, [worker_id]))
+
+
+def _emit_rescued(found: Sequence[Rescued]) -> None:
+    for r in found:
+        hub.emit(
+            JobEvent(
+                kind=EventKind.JOB_DEAD if r.dead else EventKind.JOB_RESCUED,
+                queue=r.queue,
+                job_id=r.job_id,
+                attempts=r.attempts,
+                error=EXPIRED_ERROR,
+            )
+        )

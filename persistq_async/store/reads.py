@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .._jobmeta import tag_pattern
 from .._types import JobState
 from ..schema import ACTIVE, attempts, jobs
 from .records import AttemptRecord, JobRecord, history
@@ -48,12 +50,20 @@ async def read_job(conn: AsyncConnection, job_id: int, queue: str) -> JobWithHis
 
 
 async def list_jobs(
-    conn: AsyncConnection, queue: str, state: JobState | None, limit: int, offset: int
+    conn: AsyncConnection,
+    queue: str,
+    state: JobState | None,
+    limit: int,
+    offset: int,
+    tags: Sequence[str] = (),
 ) -> list[JobWithHistory]:
-    """Jobs of ``queue`` (in ``state``), oldest first, with their attempts."""
+    """Jobs of ``queue`` (in ``state``, having every one of ``tags``), oldest first, with their
+    attempts."""
     stmt = select(jobs).where(jobs.c.queue == queue)
     if state is not None:
         stmt = stmt.where(jobs.c.state == state.value)
+    for tag in tags:
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
     result = await conn.execute(stmt.order_by(jobs.c.id).limit(limit).offset(offset))
     records = [JobRecord.from_row(r) for r in result]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}

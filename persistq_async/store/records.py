@@ -10,7 +10,15 @@ from sqlalchemy import Row
 
 from .._types import JobState
 
-__all__ = ["AttemptRecord", "ClaimResult", "JobRecord", "NewJob", "attempt_row", "history"]
+__all__ = [
+    "AttemptRecord",
+    "ClaimResult",
+    "JobRecord",
+    "NewJob",
+    "Rescued",
+    "attempt_row",
+    "history",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,6 +30,9 @@ class NewJob:
     run_at: float
     max_attempts: int
     dedupe_key: str | None
+    # tags and headers in their stored form (see persistq_async._jobmeta)
+    tags: str | None = None
+    headers: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +56,9 @@ class JobRecord:
     last_error: str | None
     result: bytes | None
     finished_at: float | None
+    # tags and headers in their stored form (see persistq_async._jobmeta)
+    tags: str | None = None
+    headers: str | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
@@ -68,6 +82,8 @@ class JobRecord:
             last_error=m["last_error"],
             result=None if m["result"] is None else bytes(m["result"]),
             finished_at=m["finished_at"],
+            tags=m["tags"],
+            headers=m["headers"],
         )
 
 
@@ -83,11 +99,23 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Rescued:
+    """A job whose expired lease a transaction took back (queued again, or dead)."""
+
+    job_id: int
+    queue: str
+    attempts: int
+    dead: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClaimResult:
     """What a claim leased, and when the next job could become claimable (epoch seconds)."""
 
     records: list[JobRecord]
     next_due_at: float | None
+    # expired leases the claim's transaction rescued first
+    rescued: Sequence[Rescued] = ()
 
 
 def attempt_row(
@@ -99,8 +127,12 @@ def attempt_row(
     now: float,
     outcome: str,
     error: str | None,
+    ready_at: float | None = None,
 ) -> dict[str, Any]:
-    """The attempt row written when a delivery ends; a delivery with no known start began now."""
+    """The attempt row written when a delivery ends; a delivery with no known start began now.
+
+    ``ready_at`` is when the delivery's job had become claimable (its ``run_at`` at the claim),
+    for the wait-time figures of :meth:`Queue.stats`."""
     return {
         "job_id": job_id,
         "attempt": attempt,
@@ -109,6 +141,7 @@ def attempt_row(
         "finished_at": now,
         "outcome": outcome,
         "error": error,
+        "ready_at": ready_at,
     }
 
 

@@ -23,7 +23,8 @@ RESCUE_CHUNK = 500
 #: The error recorded on a delivery whose lease ran out.
 EXPIRED_ERROR = "lease expired (the consumer crashed, hung or lost the database)"
 
-SETTLED_COLUMNS = (jobs.c.queue, jobs.c.state, jobs.c.attempts, jobs.c.started_at)
+# run_at: when the delivery's job became claimable (before a nack moves it; see tx.nack)
+SETTLED_COLUMNS = (jobs.c.queue, jobs.c.state, jobs.c.attempts, jobs.c.started_at, jobs.c.run_at)
 _FENCE = (
     jobs.c.id == bindparam("p_job_id", type_=jobs.c.id.type),
     jobs.c.lease_token == bindparam("p_token", type_=jobs.c.lease_token.type),
@@ -99,6 +100,7 @@ EXPIRED = (
         jobs.c.max_attempts,
         jobs.c.lease_token,
         jobs.c.started_at,
+        jobs.c.run_at,
     )
     .where(RUNNING, jobs.c.lease_expires_at <= bindparam("p_now", type_=jobs.c.run_at.type))
     .limit(RESCUE_CHUNK)

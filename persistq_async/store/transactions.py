@@ -23,7 +23,7 @@ from ..backends import Backend
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import statements as st
-from .records import ClaimResult, JobRecord, NewJob, attempt_row
+from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row
 from .writer import BulkOp
 
 __all__ = [
@@ -76,6 +76,8 @@ def _job_row(queue: str, job: NewJob, now: float) -> dict[str, Any]:
         "enqueued_at": now,
         "created_at": now,
         "dedupe_key": job.dedupe_key,
+        "tags": job.tags,
+        "headers": job.headers,
     }
 
 
@@ -156,7 +158,8 @@ def claim(
 ) -> ClaimResult:
     """Rescue expired leases, then lease up to ``limit`` ready jobs of ``queue``."""
     now = ctx.clock()
-    rescue(conn, ctx, now)
+    rescued: list[Rescued] = []
+    rescue(conn, ctx, now, rescued)
     params = {
         "p_queue": queue,
         "p_now": now,
@@ -171,11 +174,12 @@ def claim(
         due, expiry = conn.execute(st.NEXT_DUE, {"p_queue": queue}).one()
         candidates = [t for t in (due, expiry) if t is not None]
         next_due = min(candidates) if candidates else None
-    return ClaimResult(records=records, next_due_at=next_due)
+    return ClaimResult(records=records, next_due_at=next_due, rescued=rescued)
 
 
-def rescue(conn: Connection, ctx: Context, now: float) -> int:
-    """Move jobs whose lease expired back to queued (dead when their attempts are spent)."""
+def rescue(conn: Connection, ctx: Context, now: float, found: list[Rescued] | None = None) -> int:
+    """Move jobs whose lease expired back to queued (dead when their attempts are spent);
+    each job rescued is appended to ``found`` (for the observers, after the commit)."""
     rows = conn.execute(st.EXPIRED, {"p_now": now}).all()
     if not rows:
         return 0
@@ -211,10 +215,18 @@ def rescue(conn: Connection, ctx: Context, now: float) -> int:
                 now=now,
                 outcome="expired",
                 error=st.EXPIRED_ERROR,
+                ready_at=r.run_at,
             )
             for r in rows
         ],
     )
+    if found is not None:
+        found.extend(
+            Rescued(
+                job_id=r.id, queue=r.queue, attempts=r.attempts, dead=r.attempts >= r.max_attempts
+            )
+            for r in rows
+        )
     for r in rows:
         dead = r.attempts >= r.max_attempts
         logger.info(
@@ -245,6 +257,8 @@ def _settle(
     job_id, token, now = params["p_job_id"], params["p_token"], params["p_now"]
     row = conn.execute(statement, params).one_or_none()
     if row is not None:
+        # RETURNING reports the new run_at; a nack moves it, so its caller says what it was.
+        ready_at = params.get("p_ready_at", row.run_at)
         conn.execute(
             st.INSERT_ATTEMPT,
             attempt_row(
@@ -255,6 +269,7 @@ def _settle(
                 now=now,
                 outcome=outcome,
                 error=error,
+                ready_at=ready_at,
             ),
         )
         return row
@@ -298,6 +313,7 @@ class Delivery:
     queue: str
     attempt: int
     started_at: float
+    ready_at: float | None = None
 
 
 class AckOp(BulkOp[str | None]):
@@ -363,6 +379,7 @@ class AckOp(BulkOp[str | None]):
                     now=now,
                     outcome="acked",
                     error=None,
+                    ready_at=op.delivery.ready_at,
                 )
                 for op in ops
             ],
@@ -379,9 +396,11 @@ def nack(
     token: str,
     run_at: float,
     error: str | None,
+    ready_at: float | None = None,
 ) -> tuple[JobState, str | None]:
     """Retry a delivery at ``run_at`` (dead when its attempts are spent); the new state, and
-    the queue to wake when the job is queued again by this call."""
+    the queue to wake when the job is queued again by this call. ``ready_at`` is when the
+    delivery's job had become claimable (the nack moves ``run_at``, so the job row forgets)."""
     now = ctx.clock()
     params = {
         "p_job_id": job_id,
@@ -389,6 +408,7 @@ def nack(
         "p_now": now,
         "p_run_at": max(run_at, now),
         "p_error": error,
+        "p_ready_at": ready_at,
     }
     row = _settle(conn, st.NACK, params, "nacked", error)
     if row is None:
@@ -423,6 +443,7 @@ def release(conn: Connection, ctx: Context, job_id: int, token: str, queue: str)
             now=now,
             outcome="released",
             error=None,
+            ready_at=row.run_at,
         ),
     )
     return True
@@ -442,9 +463,9 @@ def extend(conn: Connection, ctx: Context, job_id: int, token: str, seconds: flo
 
 def _state_of(conn: Connection, job_id: int, queue: str) -> Any:
     row = conn.execute(
-        select(jobs.c.state, jobs.c.lease_token, jobs.c.started_at, jobs.c.attempts).where(
-            jobs.c.id == job_id, jobs.c.queue == queue
-        )
+        select(
+            jobs.c.state, jobs.c.lease_token, jobs.c.started_at, jobs.c.attempts, jobs.c.run_at
+        ).where(jobs.c.id == job_id, jobs.c.queue == queue)
     ).one_or_none()
     if row is None:
         raise JobNotFound(f"no job {job_id} in queue {queue!r}")
@@ -473,6 +494,7 @@ def cancel(conn: Connection, ctx: Context, job_id: int, queue: str) -> bool:
                 now=now,
                 outcome="cancelled",
                 error="cancelled",
+                ready_at=row.run_at,
             ),
         )
     return True

@@ -96,3 +96,35 @@ async def test_queue_lag_fires_in_a_supervisor_with_a_real_clock(
         gate.set()
         with anyio.fail_after(10):
             await resolved.wait()
+
+
+async def test_no_worker_rule_reads_the_worker_registry(
+    backend_url: str, queue: pq.Queue, queue_name: str
+) -> None:
+    # The supervisor consumes another queue only: nobody works on ``queue`` until a pool is
+    # added for it; the registry (refreshed every 0.1 s here) then lists a live worker.
+    fired = anyio.Event()
+    resolved = anyio.Event()
+    seen: list[pq.Alert] = []
+
+    async def sink(alert: pq.Alert) -> None:
+        seen.append(alert)
+        (fired if alert.status == "firing" else resolved).set()
+
+    async def handler(job: pq.Job) -> None:
+        return None
+
+    rule = pq.NoWorkerRule(name="nobody", queue=queue_name, for_seconds=0.3)
+    alerting = pq.Alerting(rules=[rule], sinks=[sink], interval=0.05)
+    async with (
+        pq.Queue(backend_url, name=f"{queue_name}-other") as other,
+        pq.Supervisor(alerts=alerting, registry_interval=0.1) as sup,
+    ):
+        await sup.add(other, handler)
+        with anyio.fail_after(10):
+            await fired.wait()
+        assert not resolved.is_set()
+        await sup.add(queue, handler)
+        with anyio.fail_after(10):
+            await resolved.wait()
+    assert [(a.status, a.value) for a in seen] == [("firing", 0.0), ("resolved", 1.0)]
