@@ -70,6 +70,11 @@ class Signals(Protocol):
         ...
 
 
+def _show(value: float) -> str:
+    """A measured value for people: three significant digits, whole numbers past 100."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _fail(rule: str, message: str) -> ConfigError:
     return ConfigError(f"alert rule {rule!r}: {message}")
 
@@ -147,7 +152,7 @@ class AlertRule:
     def describe(self, value: float | None) -> str:
         """One line saying what the rule watches and the value it saw."""
         where = f"queue {self.queue_name!r}: " if self.queue_name else ""
-        seen = "unknown" if value is None else f"{value:g}{self.unit}"
+        seen = "unknown" if value is None else f"{_show(value)}{self.unit}"
         return f"{where}{self.kind} is {seen} (threshold: above {self.threshold:g}{self.unit})"
 
     def settings(self) -> dict[str, Any]:
@@ -276,7 +281,7 @@ class NoWorkerRule(AlertRule):
 
     def describe(self, value: float | None) -> str:
         """Says how many workers are live."""
-        seen = "unknown" if value is None else f"{value:g}"
+        seen = "unknown" if value is None else _show(value)
         return f"queue {self.queue!r}: {seen} live workers (threshold: none)"
 
 
