@@ -26,7 +26,7 @@ from ..errors import PersistQError
 from ..monitoring import log_event
 from ..store.alerts import AlertStore, SavedState
 from .config import Alerting
-from .rules import INACTIVE, Alert, RuleState, advance, make_alert
+from .rules import INACTIVE, RESTARTS_KEPT_SECONDS, Alert, RuleState, advance, make_alert
 from .sinks import deliver
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ logger = logging.getLogger("persistq_async.alerts")
 
 #: The lease row's name in ``persistq_alert_lease``.
 LEASE_NAME = "alerts"
-#: Restarts older than this are deleted (no rule window should be longer).
-RESTARTS_RETENTION = 86_400.0
+#: Restarts older than this are deleted (no pool-restarts window may be longer).
+RESTARTS_RETENTION = RESTARTS_KEPT_SECONDS
 #: Seconds between two prunings of old restarts.
 PRUNE_INTERVAL = 3_600.0
 #: Longest the lease's release may take at shutdown.
@@ -227,13 +227,13 @@ class AlertEvaluator(Service):
             state = before.get(rule.name, INACTIVE)
             try:
                 value = await rule.measure(signals)
-            except PersistQError as exc:
+            except Exception as exc:  # one rule's failure must not stop the others, nor the worker
                 after[rule.name] = state  # unknown this time: no transition either way
                 log_event(
                     logger,
                     logging.WARNING,
                     "service_failed",
-                    f"alert rule {rule.name}: measuring failed: {exc}",
+                    f"alert rule {rule.name}: measuring failed: {type(exc).__name__}: {exc}",
                     rule=rule.name,
                 )
                 continue

@@ -37,6 +37,8 @@ __all__ = [
 #: deliveries handed back (released) or cancelled count as neither.
 FAILED_OUTCOMES = frozenset({"nacked", "failed", "expired"})
 SUCCEEDED_OUTCOMES = frozenset({"acked"})
+#: How long recorded claim-loop restarts are kept (the longest pool-restarts window).
+RESTARTS_KEPT_SECONDS = 86_400.0
 
 
 class Signals(Protocol):
@@ -243,6 +245,11 @@ class PoolRestartsRule(AlertRule):
     def _check(self) -> None:
         _integer(self.name, "above", self.above)
         object.__setattr__(self, "window", _number(self.name, "window", self.window, strict=True))
+        if self.window > RESTARTS_KEPT_SECONDS:
+            raise _fail(
+                self.name,
+                f"window: restarts are kept {RESTARTS_KEPT_SECONDS:g}s, got {self.window!r}",
+            )
         for key in ("pool", "queue"):
             if getattr(self, key) is not None:
                 _text(self.name, key, getattr(self, key))

@@ -451,3 +451,29 @@ async def test_a_webhook_4xx_is_not_retried(
     assert receiver.requests == 1
     (failure,) = records(caplog, "alert_sink_failed")
     assert "HTTP 400" in failure.getMessage()
+
+
+async def test_a_rule_that_cannot_be_measured_stops_no_other(
+    q: pq.Queue, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="persistq_async")
+
+    async def broken_registry(queue: pq.Queue, name: str) -> int:
+        raise RuntimeError("registry unreadable")
+
+    seen = Collect()
+    ev = evaluator(
+        q,
+        pq.NoWorkerRule(name="nobody", queue=QUEUE, for_seconds=0),
+        pq.QueueLagRule(name="lag", queue=QUEUE, above=1),
+        sinks=(seen,),
+        live_workers=broken_registry,
+    )
+    await q.put({"n": 1})
+    clock.advance(2)
+    await ev.tick()
+    assert seen.take() == [("lag", "firing")]
+    (failure,) = records(caplog, "service_failed")
+    assert "alert rule nobody: measuring failed: RuntimeError: registry unreadable" in (
+        failure.getMessage()
+    )

@@ -122,6 +122,10 @@ def test_an_alert_says_what_fired() -> None:
             lambda: pq.PoolRestartsRule(name="pr", pool=""),
             "alert rule 'pr': pool",
         ),
+        (
+            lambda: pq.PoolRestartsRule(name="pr", window=2 * 86400),
+            "alert rule 'pr': window: restarts are kept 86400s",
+        ),
         (lambda: pq.WalSizeRule(name="wal", above=-5), "alert rule 'wal': above: must be >= 0"),
         (
             lambda: Alerting(rules=(lag_rule(), lag_rule())),
