@@ -27,7 +27,7 @@ from ..monitoring import log_event
 from ..store.alerts import AlertStore, SavedState
 from .config import Alerting
 from .rules import INACTIVE, RESTARTS_KEPT_SECONDS, Alert, RuleState, advance, make_alert
-from .sinks import deliver
+from .sinks import deliver, log_alert
 
 if TYPE_CHECKING:
     from ..queue import Queue
@@ -45,6 +45,10 @@ RESTARTS_RETENTION = RESTARTS_KEPT_SECONDS
 PRUNE_INTERVAL = 3_600.0
 #: Longest the lease's release may take at shutdown.
 RELEASE_TIMEOUT = 5.0
+#: Longest saving the rules' states may take once begun (it is shielded from cancellation).
+SAVE_TIMEOUT = 30.0
+#: Seconds the sinks' deliveries in progress get when the evaluator stops.
+SHUTDOWN_GRACE = 5.0
 
 #: How many live supervisors run a pool on a queue (the worker registry), or None.
 LiveWorkers = Callable[["Queue", str], Awaitable[int | None]]
@@ -159,6 +163,7 @@ class AlertEvaluator(Service):
         self._held: dict[str, JobStore] = {}
         self._pruned: dict[str, float] = {}
         self._deliveries: TaskGroup | None = None
+        self._sending: set[anyio.CancelScope] = set()
 
     @property
     def leading(self) -> bool:
@@ -170,7 +175,13 @@ class AlertEvaluator(Service):
         try:
             async with anyio.create_task_group() as deliveries:
                 self._deliveries = deliveries
-                await Service.run(self, task_status=task_status)
+                try:
+                    await Service.run(self, task_status=task_status)
+                finally:
+                    # Deliveries under way get a short grace, then the task group cancels them.
+                    end = anyio.current_time() + SHUTDOWN_GRACE
+                    for scope in self._sending:
+                        scope.deadline = min(scope.deadline, end)
         finally:
             self._deliveries = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(RELEASE_TIMEOUT):
@@ -249,17 +260,43 @@ class AlertEvaluator(Service):
         ]
         # Rules no longer configured are cleared too, without a notification.
         cleared = [name for name in before if after.get(name, INACTIVE).state == "inactive"]
-        if not await alerts.save_states(LEASE_NAME, self.owner, lease, changed, cleared):
-            self._lost(store.where)  # taken over meanwhile: the new holder decides
-            return
-        for alert in alerts_out:
-            if self._deliveries is not None:
-                self._deliveries.start_soon(deliver, alert, self.alerting.sinks)
-            else:
-                await deliver(alert, self.alerting.sinks)
+        # Shielded: a transition that commits is logged, and handed to the sinks, even when the
+        # evaluator is being cancelled (shutdown); one that does not commit is never announced.
+        with anyio.CancelScope(shield=True):
+            saved_ok: bool | None = None
+            with anyio.move_on_after(SAVE_TIMEOUT):
+                saved_ok = await alerts.save_states(LEASE_NAME, self.owner, lease, changed, cleared)
+            if saved_ok is None:
+                # Unknown whether it committed: say nothing; the next tick reads what did.
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "service_failed",
+                    f"saving the alert states of {store.where} took over {SAVE_TIMEOUT:g}s",
+                )
+                return
+            if not saved_ok:
+                self._lost(store.where)  # taken over meanwhile: the new holder decides
+                return
+            for alert in alerts_out:
+                log_alert(alert)
+                if self.alerting.sinks:
+                    if self._deliveries is not None:
+                        self._deliveries.start_soon(self._send, alert)
+                    else:
+                        await self._send(alert)
         if now - self._pruned.get(store.where, -PRUNE_INTERVAL) >= PRUNE_INTERVAL:
             self._pruned[store.where] = now
             await alerts.prune_restarts(now - RESTARTS_RETENTION)
+
+    async def _send(self, alert: Alert) -> None:
+        # Shielded from the evaluator's own cancellation, bounded by SHUTDOWN_GRACE then (run()).
+        with anyio.CancelScope(shield=True) as scope:
+            self._sending.add(scope)
+            try:
+                await deliver(alert, self.alerting.sinks)
+            finally:
+                self._sending.discard(scope)
 
     def _lost(self, where: str) -> None:
         if self._held.pop(where, None) is not None:

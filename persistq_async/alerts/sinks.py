@@ -33,8 +33,9 @@ AlertSink = Callable[[Alert], Awaitable[None]]
 SINK_DEADLINE = 120.0
 
 
-async def log_alert(alert: Alert) -> None:
-    """Log the alert at WARNING, action ``alert_firing`` or ``alert_resolved``."""
+def log_alert(alert: Alert) -> None:
+    """Log the alert at WARNING, action ``alert_firing`` or ``alert_resolved`` (the sink every
+    alert goes to, written at once when its transition commits)."""
     resolved = alert.status == "resolved"
     log_event(
         logger,
@@ -52,8 +53,7 @@ async def log_alert(alert: Alert) -> None:
 
 
 async def deliver(alert: Alert, sinks: tuple[AlertSink, ...]) -> None:
-    """Log ``alert`` and hand it to every sink, side by side; never raises (but cancellation)."""
-    await log_alert(alert)
+    """Hand ``alert`` to every sink, side by side; never raises (but cancellation)."""
     if not sinks:
         return
     async with anyio.create_task_group() as tg:

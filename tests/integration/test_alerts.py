@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 import persistq_async as pq
@@ -477,3 +479,46 @@ async def test_a_rule_that_cannot_be_measured_stops_no_other(
     assert "alert rule nobody: measuring failed: RuntimeError: registry unreadable" in (
         failure.getMessage()
     )
+
+
+async def test_a_tick_cancelled_at_any_await_announces_each_transition_once(
+    q: pq.Queue, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cancel the evaluation after k scheduler iterations, for every k until one completes, then
+    # let one run whole: the firing (then the resolution) is logged and sent exactly once, and
+    # the lease and states are left consistent for the next tick.
+    caplog.set_level(logging.WARNING, logger="persistq_async")
+    seen = Collect()
+    ev = evaluator(q, pq.QueueLagRule(name="lag", queue=QUEUE, above=1), sinks=(seen,))
+
+    async def sweep() -> None:
+        for k in range(500):
+            done = anyio.Event()
+
+            async def run(done: anyio.Event = done) -> None:
+                await ev.tick()
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                for _ in range(k):
+                    await anyio.lowlevel.checkpoint()
+                tg.cancel_scope.cancel()
+            if done.is_set():
+                return
+        raise AssertionError("no tick completed within 500 iterations")
+
+    await q.put({"n": 1})
+    clock.advance(2)
+    await sweep()
+    await ev.tick()
+    assert seen.take() == [("lag", "firing")]
+    assert len(records(caplog, "alert_firing")) == 1
+    job = await q.get_nowait()
+    assert job is not None
+    await job.ack()
+    await sweep()
+    await ev.tick()
+    assert seen.take() == [("lag", "resolved")]
+    assert len(records(caplog, "alert_resolved")) == 1
+    assert len(records(caplog, "alert_firing")) == 1
