@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, case, delete, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -23,6 +23,7 @@ from ..backends import Backend
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import statements as st
+from .prepared import Prepared
 from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row
 from .writer import BulkOp
 
@@ -58,7 +59,7 @@ class Context:
     backend: Backend
     clock: Clock
     where: str
-    claim_statement: Any
+    claim_statement: Prepared
 
 
 # ---------------------------------------------------------------------- puts
@@ -167,11 +168,11 @@ def claim(
         "p_token": uuid.uuid4().hex,
         "p_expires": now + lease_seconds,
     }
-    records = [JobRecord.from_row(r) for r in conn.execute(ctx.claim_statement, params)]
+    records = [JobRecord.from_mapping(r._asdict()) for r in ctx.claim_statement.rows(conn, params)]
     records.sort(key=lambda r: (-r.priority, r.id))
     next_due = None
     if len(records) < limit:
-        due, expiry = conn.execute(st.NEXT_DUE, {"p_queue": queue}).one()
+        due, expiry = st.NEXT_DUE_P.one_or_none(conn, {"p_queue": queue})
         candidates = [t for t in (due, expiry) if t is not None]
         next_due = min(candidates) if candidates else None
     return ClaimResult(records=records, next_due_at=next_due, rescued=rescued)
@@ -180,7 +181,7 @@ def claim(
 def rescue(conn: Connection, ctx: Context, now: float, found: list[Rescued] | None = None) -> int:
     """Move jobs whose lease expired back to queued (dead when their attempts are spent);
     each job rescued is appended to ``found`` (for the observers, after the commit)."""
-    rows = conn.execute(st.EXPIRED, {"p_now": now}).all()
+    rows = st.EXPIRED_P.rows(conn, {"p_now": now})
     if not rows:
         return 0
     # Re-check the expiry: on PostgreSQL another process may have rescued and re-leased a
@@ -204,8 +205,8 @@ def rescue(conn: Connection, ctx: Context, now: float, found: list[Rescued] | No
         return 0
     for queue in sorted({r.queue for r in rows}):
         ctx.backend.notify_work(conn, queue)
-    conn.execute(
-        st.INSERT_ATTEMPT,
+    st.INSERT_ATTEMPT_P.run_many(
+        conn,
         [
             attempt_row(
                 job_id=r.id,
@@ -248,19 +249,19 @@ def rescue(conn: Connection, ctx: Context, now: float, found: list[Rescued] | No
 
 def _settle(
     conn: Connection,
-    statement: Any,
+    statement: Prepared,
     params: dict[str, Any],
     outcome: str,
     error: str | None,
-) -> Row[Any] | None:
+) -> Any:
     """Apply an outcome to a running job fenced by its token; None if already applied."""
     job_id, token, now = params["p_job_id"], params["p_token"], params["p_now"]
-    row = conn.execute(statement, params).one_or_none()
+    row = statement.one_or_none(conn, params)
     if row is not None:
         # RETURNING reports the new run_at; a nack moves it, so its caller says what it was.
         ready_at = params.get("p_ready_at", row.run_at)
-        conn.execute(
-            st.INSERT_ATTEMPT,
+        st.INSERT_ATTEMPT_P.rows(
+            conn,
             attempt_row(
                 job_id=job_id,
                 attempt=row.attempts,
@@ -275,11 +276,11 @@ def _settle(
         return row
     # Not running under this token: either this very outcome was applied already (a retry
     # after a cancelled call), or the lease is gone. Nothing was written either way.
-    previous = conn.execute(st.ATTEMPT_OUTCOMES, {"p_job_id": job_id, "p_token": token})
-    outcomes = set(previous.scalars())
+    previous = st.ATTEMPT_OUTCOMES_P.rows(conn, {"p_job_id": job_id, "p_token": token})
+    outcomes = {r[0] for r in previous}
     if outcome in outcomes:
         return None
-    current = conn.execute(st.JOB_STATE, {"p_job_id": job_id}).scalar_one_or_none()
+    current = st.JOB_STATE_P.scalar(conn, {"p_job_id": job_id})
     if current is None:
         reason = "the job was deleted"
     elif current == JobState.CANCELLED or "cancelled" in outcomes:
@@ -300,7 +301,7 @@ def ack(
 ) -> str | None:
     """Mark a delivery done; the job's queue, or None when this ack was applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_result": result}
-    row = _settle(conn, st.ACK, params, "acked", None)
+    row = _settle(conn, st.ACK_P, params, "acked", None)
     return None if row is None else str(row.queue)
 
 
@@ -351,8 +352,8 @@ class AckOp(BulkOp[str | None]):
             return False
         ctx = ops[0].ctx
         now = ctx.clock()
-        updated = conn.execute(
-            st.ACK_MANY,
+        updated = st.ACK_MANY_P.run_many(
+            conn,
             [
                 {
                     "p_job_id": op.delivery.job_id,
@@ -362,14 +363,14 @@ class AckOp(BulkOp[str | None]):
                 }
                 for op in ops
             ],
-        ).rowcount
+        )
         if conn.dialect.supports_sane_multi_rowcount and updated != len(ops):
             # Cannot happen under the write lock; fail the batch (rolled back) rather than guess.
             raise DatabaseError(
                 f"writing failed on {ctx.where}: {updated} of {len(ops)} acks applied"
             )
-        conn.execute(
-            st.INSERT_ATTEMPT,
+        st.INSERT_ATTEMPT_P.run_many(
+            conn,
             [
                 attempt_row(
                     job_id=op.delivery.job_id,
@@ -410,9 +411,9 @@ def nack(
         "p_error": error,
         "p_ready_at": ready_at,
     }
-    row = _settle(conn, st.NACK, params, "nacked", error)
+    row = _settle(conn, st.NACK_P, params, "nacked", error)
     if row is None:
-        current = conn.execute(st.JOB_STATE, {"p_job_id": job_id}).scalar_one_or_none()
+        current = st.JOB_STATE_P.scalar(conn, {"p_job_id": job_id})
         return JobState(current or JobState.DEAD), None
     if row.state == JobState.QUEUED:
         ctx.backend.notify_work(conn, str(row.queue))
@@ -422,19 +423,19 @@ def nack(
 def fail(conn: Connection, ctx: Context, job_id: int, token: str, error: str | None) -> str | None:
     """Make the job dead now, whatever its attempts; its queue, or None if applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_error": error}
-    row = _settle(conn, st.FAIL, params, "failed", error)
+    row = _settle(conn, st.FAIL_P, params, "failed", error)
     return None if row is None else str(row.queue)
 
 
 def release(conn: Connection, ctx: Context, job_id: int, token: str, queue: str) -> bool:
     """Hand a lease back without counting the attempt; False when it was already gone."""
     now = ctx.clock()
-    row = conn.execute(st.RELEASE, {"p_job_id": job_id, "p_token": token}).one_or_none()
+    row = st.RELEASE_P.one_or_none(conn, {"p_job_id": job_id, "p_token": token})
     if row is None:
         return False  # already gone: handing back is idempotent
     ctx.backend.notify_work(conn, queue)
-    conn.execute(
-        st.INSERT_ATTEMPT,
+    st.INSERT_ATTEMPT_P.rows(
+        conn,
         attempt_row(
             job_id=job_id,
             attempt=row.attempts + 1,
@@ -453,7 +454,7 @@ def extend(conn: Connection, ctx: Context, job_id: int, token: str, seconds: flo
     """Make the lease end ``seconds`` from now; the new expiry."""
     expires = ctx.clock() + seconds
     params = {"p_job_id": job_id, "p_token": token, "p_expires": expires}
-    if conn.execute(st.EXTEND, params).one_or_none() is None:
+    if st.EXTEND_P.one_or_none(conn, params) is None:
         raise LeaseLost(f"job {job_id}: lease lost; it cannot be extended")
     return expires
 
