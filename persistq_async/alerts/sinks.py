@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +143,10 @@ class WebhookSink:
         )
 
     def _post(self, body: bytes) -> None:
+        # Imported here: http.client and ssl cost a worker's start-up time, and most never POST.
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(
             self.url,
             data=body,
