@@ -189,17 +189,18 @@ class AlertEvaluator(Service):
 
     async def release(self) -> None:
         """Give up every lease held, so another process takes over at its next tick."""
-        held, self._held = self._held, {}
-        for store in held.values():
-            if store.is_open:
-                try:
-                    await AlertStore(store).release(LEASE_NAME, self.owner)
-                except PersistQError as exc:  # it expires by itself
-                    logger.debug(
-                        "releasing the alert lease failed: %s",
-                        exc,
-                        extra={"action": "service_failed"},
-                    )
+        for where in list(self._held):
+            await self._release_one(where)
+
+    async def _release_one(self, where: str) -> None:
+        store = self._held.pop(where)
+        if store.is_open:
+            try:
+                await AlertStore(store).release(LEASE_NAME, self.owner)
+            except PersistQError as exc:  # it expires by itself
+                logger.debug(
+                    "releasing the alert lease failed: %s", exc, extra={"action": "service_failed"}
+                )
 
     async def tick(self) -> None:
         """One evaluation of each database (where this process holds or takes the lease)."""
@@ -211,6 +212,9 @@ class AlertEvaluator(Service):
                 continue
             seen.add(queue.store.where)
             await self._evaluate(queue)
+        for where in [w for w in self._held if w not in seen]:
+            # No pool of this supervisor uses that database any more: let another evaluate it.
+            await self._release_one(where)
 
     async def _evaluate(self, queue: Queue) -> None:
         store = queue.store

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -156,10 +156,6 @@ class AlertRule:
         where = f"queue {self.queue_name!r}: " if self.queue_name else ""
         seen = "unknown" if value is None else f"{_show(value)}{self.unit}"
         return f"{where}{self.kind} is {seen} (threshold: above {self.threshold:g}{self.unit})"
-
-    def settings(self) -> dict[str, Any]:
-        """The rule's fields, as in a configuration table (``kind`` first)."""
-        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -128,3 +128,21 @@ async def test_no_worker_rule_reads_the_worker_registry(
         with anyio.fail_after(10):
             await resolved.wait()
     assert [(a.status, a.value) for a in seen] == [("firing", 0.0), ("resolved", 1.0)]
+
+
+async def test_removing_the_last_pool_of_a_database_gives_its_lease_up(
+    queue: pq.Queue,
+) -> None:
+    async def handler(job: pq.Job) -> None:
+        return None
+
+    alerting = pq.Alerting(rules=[pq.WalSizeRule(name="wal", above=10**12)], interval=0.05)
+    async with pq.Supervisor(alerts=alerting) as sup:
+        await sup.add(queue, handler, name="only")
+        with anyio.fail_after(10):
+            while await count(queue, alert_lease) == 0:  # noqa: ASYNC110 - a row in the database
+                await anyio.sleep(0.02)
+        await sup.remove("only")
+        with anyio.fail_after(10):
+            while await count(queue, alert_lease) == 1:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
