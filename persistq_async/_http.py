@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 16 * 1024
 #: Seconds a client gets to send its request head.
 READ_TIMEOUT = 10.0
+#: How long, and how many bytes, an answered connection's leftover input is read before close.
+DRAIN_TIMEOUT = 1.0
+DRAIN_BYTES = 1024 * 1024
 #: Seconds a route gets to answer before the server says 503.
 ROUTE_TIMEOUT = 10.0
 
@@ -55,13 +58,13 @@ Listener = MultiListener[SocketStream] | SocketListener
 
 
 def parse_address(option: str, value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a host and a port.
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as a host and a port; port 0 picks a free one.
 
     :raises ArgumentError: naming ``option`` when the value is not of that form.
     """
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ArgumentError(f"{option}: expected HOST:PORT (e.g. 127.0.0.1:9464), got {value!r}")
     return host, int(port_text)
 
@@ -78,7 +81,9 @@ async def _answer(stream: SocketStream, routes: Mapping[str, Route]) -> None:
             head = await receive.receive_until(b"\r\n\r\n", MAX_HEAD_BYTES)
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        if len(head) > MAX_HEAD_BYTES:  # arrived in one piece, past the limit
+            response = _text(400, "request head too large\n")
+        elif len(parts) != 3 or not parts[2].startswith("HTTP/"):
             response = _text(400, "malformed request line\n")
         else:
             method, target, _ = parts
@@ -115,6 +120,17 @@ async def _answer(stream: SocketStream, routes: Mapping[str, Route]) -> None:
         "Connection: close\r\n\r\n"
     ).encode("latin-1")
     await stream.send(header if head_only else header + response.body)
+    # Closing with unread request bytes would make the kernel reset the connection, and the
+    # client could lose the answer (a 400 for an oversized head): end our side, then drain a
+    # little of what the client still sends.
+    await stream.send_eof()
+    with anyio.move_on_after(DRAIN_TIMEOUT):
+        drained = 0
+        while drained < DRAIN_BYTES:
+            try:
+                drained += len(await stream.receive())
+            except anyio.EndOfStream:
+                break
 
 
 async def _handle(stream: SocketStream, routes: Mapping[str, Route]) -> None:

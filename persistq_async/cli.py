@@ -179,6 +179,9 @@ async def _worker(args: argparse.Namespace) -> None:
             async with Supervisor(
                 grace=args.grace, gc_freeze=args.gc_freeze, alerts=alerting
             ) as sup:
+                # Before the pool starts, so that the metrics count its first jobs too.
+                for address, routes in _monitor_routes(args, q, sup).items():
+                    await tg.start(functools.partial(serve, listeners.pop(address), routes))
                 await sup.add(
                     q,
                     handler,
@@ -186,8 +189,6 @@ async def _worker(args: argparse.Namespace) -> None:
                     job_timeout=args.job_timeout,
                     name=args.queue,
                 )
-                for address, routes in _monitor_routes(args, q, sup).items():
-                    await tg.start(functools.partial(serve, listeners.pop(address), routes))
                 logger.info(
                     "worker started: queue %s, concurrency %d; SIGINT/SIGTERM to stop",
                     args.queue,

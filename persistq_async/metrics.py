@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .job import Job
@@ -152,7 +152,8 @@ class Hub:
 
     def remove_observer(self, observer: Observer) -> None:
         """Stop calling ``observer``; nothing happens if it was not registered."""
-        self._observers = tuple(o for o in self._observers if o is not observer)
+        # ==, not is: a bound method is a new object at each access, and equal to itself
+        self._observers = tuple(o for o in self._observers if o != observer)
         self.observed = bool(self._observers)
 
     def add_tracer(self, tracer: Tracer) -> None:
@@ -162,7 +163,7 @@ class Hub:
 
     def remove_tracer(self, tracer: Tracer) -> None:
         """Undo :meth:`add_tracer`."""
-        self._tracers = tuple(t for t in self._tracers if t is not tracer)
+        self._tracers = tuple(t for t in self._tracers if t != tracer)
         self.traced = bool(self._tracers)
 
     def emit(self, event: Event) -> None:
@@ -200,13 +201,48 @@ class Hub:
 
             yield report
 
-    @contextlib.contextmanager
-    def process_spans(self, job: Job, pool: str) -> Iterator[None]:
+    def process_spans(self, job: Job, pool: str) -> AbstractContextManager[object]:
         """Every tracer's process span around one handler run."""
+        if len(self._tracers) == 1:  # the usual case, on the job path: no ExitStack
+            return _Guarded(functools.partial(self._tracers[0].process_span, job, pool))
+        return self._all_process_spans(job, pool)
+
+    @contextlib.contextmanager
+    def _all_process_spans(self, job: Job, pool: str) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for tracer in self._tracers:
                 _enter(stack, functools.partial(tracer.process_span, job, pool))
             yield
+
+
+class _Guarded:
+    """One tracer's context manager, entered and left so that a tracer that fails is logged
+    instead of failing the handler run."""
+
+    __slots__ = ("_make", "_manager")
+
+    def __init__(self, make: Callable[[], AbstractContextManager[object]]) -> None:
+        self._make = make
+        self._manager: AbstractContextManager[object] | None = None
+
+    def __enter__(self) -> None:
+        try:
+            manager = self._make()
+            manager.__enter__()
+        except Exception:
+            logger.exception("a tracer failed to start a span", extra={"action": "observer_failed"})
+            return
+        self._manager = manager
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        # Returns None: the handler's own exception is never swallowed.
+        if self._manager is not None:
+            try:
+                self._manager.__exit__(exc_type, exc, tb)
+            except Exception:
+                logger.exception(
+                    "a tracer failed to end a span", extra={"action": "observer_failed"}
+                )
 
 
 def _enter(stack: contextlib.ExitStack, make: Callable[[], AbstractContextManager[T]]) -> T | None:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from ._checks import check_float, check_int, check_seconds
 from .errors import PersistQError
 from .job import to_datetime
 from .monitoring import (
+    DEFAULT_STATS_WINDOW,
     HealthCheck,
     HealthReport,
     PoolInfo,
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_LAG",
+    "Monitored",
     "DEFAULT_WORKER_TIMEOUT",
     "check_health",
     "make_stats",
@@ -36,6 +40,63 @@ DEFAULT_WORKER_TIMEOUT = 30.0
 DEFAULT_MAX_LAG = 60.0
 
 _ORDER = {"ok": 0, "degraded": 1, "failing": 2}
+
+
+class Monitored:
+    """The monitoring methods of :class:`~persistq_async.Queue` (it inherits them)."""
+
+    name: str
+
+    @property
+    def store(self) -> JobStore:
+        """The queue's store (the queue defines it)."""
+        raise NotImplementedError
+
+    async def stats(self, window: float | timedelta = DEFAULT_STATS_WINDOW) -> Stats:
+        """This queue as the database sees it: counts by state (ready and scheduled apart),
+        the lag, and the deliveries that finished in the last ``window`` seconds (rates,
+        retries, run and wait time percentiles). The same from every process.
+
+        :raises ArgumentError: ``window`` is not positive.
+        """
+        store = self.store
+        seconds = check_seconds("window", window, positive=True)
+        return make_stats(self.name, seconds, await store.read_stats(self.name, seconds))
+
+    async def workers(self, *, timeout: float = DEFAULT_WORKER_TIMEOUT) -> list[WorkerInfo]:  # noqa: ASYNC109 - a staleness limit, not a deadline
+        """The supervisors registered in this queue's database (every queue's), oldest first.
+
+        A worker whose last heartbeat is more than ``timeout`` seconds old is listed with
+        ``alive=False`` (crashed, or hanging); such rows are pruned when a supervisor registers.
+        """
+        store = self.store
+        limit = check_float("timeout", timeout, positive=True)
+        return make_workers(await store.read_workers(), store.clock(), limit)
+
+    async def health(
+        self,
+        *,
+        max_lag: float = DEFAULT_MAX_LAG,
+        max_wal_bytes: int | None = None,
+        require_workers: bool = True,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+    ) -> HealthReport:
+        """Check the database (reachable, round-trip time, schema version), this queue's lag
+        against ``max_lag`` seconds, its live workers (none is "degraded" when
+        ``require_workers``), and on SQLite the WAL's size against ``max_wal_bytes``.
+
+        Never raises for a database that is down: that is a "failing" report.
+        """
+        return await check_health(
+            self.name,
+            self.store,
+            max_lag=check_float("max_lag", max_lag, positive=True),
+            max_wal_bytes=None
+            if max_wal_bytes is None
+            else check_int("max_wal_bytes", max_wal_bytes, minimum=1),
+            require_workers=bool(require_workers),
+            worker_timeout=check_float("worker_timeout", worker_timeout, positive=True),
+        )
 
 
 def make_stats(queue: str, window: float, record: StatsRecord) -> Stats:

@@ -32,14 +32,8 @@ from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
 from .job import Job, JobInfo, decode
 from .metrics import EventKind, JobEvent, hub
-from .monitoring import (
-    DEFAULT_STATS_WINDOW,
-    HealthReport,
-    Stats,
-    WorkerInfo,
-    log_event,
-)
-from .observe import DEFAULT_MAX_LAG, DEFAULT_WORKER_TIMEOUT, check_health, make_stats, make_workers
+from .monitoring import log_event
+from .observe import Monitored
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
 
@@ -71,7 +65,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Queue:
+class Queue(Monitored):
     """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
 
     :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,
@@ -244,26 +238,8 @@ class Queue:
             tags or headers past their limits).
         :raises ArgumentTypeError: an argument of the wrong type.
         """
-        store = self.store
-        checked_tags = check_tags(tags)
-        checked_headers = check_headers(headers)
-
-        def build(encoded_headers: str | None) -> list[NewJob]:
-            return [
-                self._new_job(
-                    payload,
-                    priority,
-                    delay,
-                    run_at,
-                    max_attempts,
-                    dedupe_key,
-                    store.clock(),
-                    encode_tags(checked_tags),
-                    encoded_headers,
-                )
-            ]
-
-        ids = await self._put_traced(build, checked_headers, 1, connection)
+        options = (priority, delay, run_at, max_attempts, dedupe_key)
+        ids = await self._put([payload], options, tags, headers, connection)
         log_event(logger, logging.DEBUG, "job_put", "job put", job_id=ids[0], queue=self.name)
         return ids[0]
 
@@ -284,53 +260,42 @@ class Queue:
 
         Takes the options of :meth:`put`; returns the ids in the order of ``payloads``.
         """
-        store = self.store
         if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
             raise ArgumentTypeError(
                 f"payloads: expected an iterable of payloads, got {type(payloads).__name__}"
             )
-        checked_tags = encode_tags(check_tags(tags))
-        checked_headers = check_headers(headers)
-        items = list(payloads)
-        if not items:
-            return []
-
-        def build(encoded_headers: str | None) -> list[NewJob]:
-            now = store.clock()
-            return [
-                self._new_job(
-                    p,
-                    priority,
-                    delay,
-                    run_at,
-                    max_attempts,
-                    dedupe_key,
-                    now,
-                    checked_tags,
-                    encoded_headers,
-                )
-                for p in items
-            ]
-
-        ids = await self._put_traced(build, checked_headers, len(items), connection)
-        log_event(logger, logging.DEBUG, "job_put", "jobs put", count=len(ids), queue=self.name)
+        options = (priority, delay, run_at, max_attempts, dedupe_key)
+        ids = await self._put(list(payloads), options, tags, headers, connection)
+        if ids:
+            log_event(logger, logging.DEBUG, "job_put", "jobs put", count=len(ids), queue=self.name)
         return ids
 
-    async def _put_traced(
+    async def _put(
         self,
-        build: Callable[[str | None], list[NewJob]],
-        headers: dict[str, str],
-        count: int,
+        payloads: list[Any],
+        options: tuple[Any, Any, Any, Any, Any],
+        tags: Any,
+        headers: Any,
         connection: AsyncConnection | AsyncSession | None,
     ) -> list[int]:
-        """Build and insert the jobs, inside the tracers' put spans when any is registered
-        (they may add trace context to the headers first); then tell the observers."""
+        """Check, build and insert the jobs, inside the tracers' put spans when any is
+        registered (they may add trace context to the headers first); then tell observers."""
+        store = self.store
+        stored_tags = encode_tags(check_tags(tags))
+        checked_headers = check_headers(headers)
+        if not payloads:
+            return []
+
+        def build() -> list[NewJob]:
+            now, stored_headers = store.clock(), encode_headers(checked_headers)
+            return [self._new_job(p, *options, now, stored_tags, stored_headers) for p in payloads]
+
         if hub.traced:
-            with hub.put_spans(self.name, headers, count) as report:
-                ids = await self._insert(build(encode_headers(headers)), connection)
+            with hub.put_spans(self.name, checked_headers, len(payloads)) as report:
+                ids = await self._insert(build(), connection)
                 report(ids)
         else:
-            ids = await self._insert(build(encode_headers(headers)), connection)
+            ids = await self._insert(build(), connection)
         if hub.observed:
             for job_id in ids:
                 hub.emit(JobEvent(kind=EventKind.JOB_PUT, queue=self.name, job_id=job_id))
@@ -533,53 +498,6 @@ class Queue:
             await self.wait(watch, deadline=deadline)
 
     # ------------------------------------------------------------------ inspect and operate
-
-    async def stats(self, window: float | timedelta = DEFAULT_STATS_WINDOW) -> Stats:
-        """This queue as the database sees it: counts by state (ready and scheduled apart),
-        the lag, and the deliveries that finished in the last ``window`` seconds (rates,
-        retries, run and wait time percentiles). The same from every process.
-
-        :raises ArgumentError: ``window`` is not positive.
-        """
-        store = self.store
-        seconds = check_seconds("window", window, positive=True)
-        return make_stats(self.name, seconds, await store.read_stats(self.name, seconds))
-
-    async def workers(self, *, timeout: float = DEFAULT_WORKER_TIMEOUT) -> list[WorkerInfo]:  # noqa: ASYNC109 - a staleness limit, not a deadline
-        """The supervisors registered in this queue's database (every queue's), oldest first.
-
-        A worker whose last heartbeat is more than ``timeout`` seconds old is listed with
-        ``alive=False`` (crashed, or hanging); such rows are pruned when a supervisor registers.
-        """
-        store = self.store
-        limit = check_float("timeout", timeout, positive=True)
-        return make_workers(await store.read_workers(), store.clock(), limit)
-
-    async def health(
-        self,
-        *,
-        max_lag: float = DEFAULT_MAX_LAG,
-        max_wal_bytes: int | None = None,
-        require_workers: bool = True,
-        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
-    ) -> HealthReport:
-        """Check the database (reachable, round-trip time, schema version), this queue's lag
-        against ``max_lag`` seconds, its live workers (none is "degraded" when
-        ``require_workers``), and on SQLite the WAL's size against ``max_wal_bytes``.
-
-        Never raises for a database that is down: that is a "failing" report.
-        """
-        store = self.store
-        return await check_health(
-            self.name,
-            store,
-            max_lag=check_float("max_lag", max_lag, positive=True),
-            max_wal_bytes=None
-            if max_wal_bytes is None
-            else check_int("max_wal_bytes", max_wal_bytes, minimum=1),
-            require_workers=bool(require_workers),
-            worker_timeout=check_float("worker_timeout", worker_timeout, positive=True),
-        )
 
     async def job(self, job_id: int) -> JobInfo | None:
         """The job with this id in this queue, with its history; None if there is none."""

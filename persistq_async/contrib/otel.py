@@ -6,7 +6,7 @@
   written into the job's headers (``traceparent``, ``tracestate``: the configured propagator's
   fields), so it travels with the job through the database to whichever process runs it;
 - every handler run is a CONSUMER span ``process {queue}``, whose parent is the context found
-  in the job's headers (and which links to it), so the trace goes on across processes.
+  in the job's headers, so the trace goes on across processes.
 
 Attributes follow the OpenTelemetry messaging conventions: ``messaging.system`` = ``persistq``,
 ``messaging.destination.name`` (the queue), ``messaging.message.id`` (the job id; on a put of
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import Link, Span, SpanKind, TracerProvider
+from opentelemetry.trace import Span, SpanKind, TracerProvider
 
 from .. import __version__
 from ..metrics import hub
@@ -101,9 +101,9 @@ class PersistqTracer:
 
     @contextmanager
     def _process_span(self, job: Job, pool: str) -> Iterator[Span]:
-        context = self._textmap().extract(dict(job.headers))
-        producer = trace.get_current_span(context).get_span_context()
-        links = [Link(producer)] if producer.is_valid else []
+        # The producer's context becomes the parent (the conventions allow parent or link;
+        # a link as well would only repeat it, and costs per job).
+        context = self._textmap().extract(job.headers) if job.headers else None
         attributes: dict[str, str | int] = {
             "messaging.system": MESSAGING_SYSTEM,
             "messaging.destination.name": job.queue,
@@ -111,13 +111,11 @@ class PersistqTracer:
             "messaging.operation.name": "process",
             "messaging.operation.type": "process",
             "messaging.consumer.group.name": pool,
-            "persistq.job.attempt": job.attempts,
         }
         with self._tracer.start_as_current_span(
             f"process {job.queue}",
             context=context,
             kind=SpanKind.CONSUMER,
-            links=links,
             attributes=attributes,
         ) as span:
             try:
