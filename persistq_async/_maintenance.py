@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["Cleaner", "Heartbeat", "Rescuer", "Service", "Watchdog"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds over which :attr:`Watchdog.recent_max_lag` is taken.
+LAG_WINDOW = 60.0
 
 Pools = Callable[[], Iterable["Pool"]]
 
@@ -158,8 +163,19 @@ class Watchdog(Service):
         self.lag = 0.0
         #: The largest lag seen so far.
         self.max_lag = 0.0
+        # (time.monotonic(), lag) of the late ticks of the last LAG_WINDOW seconds.
+        self._late: deque[tuple[float, float]] = deque()
         self._last = math.nan
         self._blocked = 0.0
+
+    @property
+    def recent_max_lag(self) -> float:
+        """The largest lag of the last :data:`LAG_WINDOW` seconds (a scrape every 15 s or so
+        would miss a spike that :attr:`lag` shows for one tick only)."""
+        horizon = time.monotonic() - LAG_WINDOW
+        while self._late and self._late[0][0] < horizon:
+            self._late.popleft()
+        return max((lag for _, lag in self._late), default=0.0)
 
     async def tick(self) -> None:
         """Measure loop lag and check overdue handlers once."""
@@ -171,6 +187,9 @@ class Watchdog(Service):
         by_handlers, self._blocked = max(0.0, blocked - self._blocked), blocked
         self.lag = lag
         self.max_lag = max(self.max_lag, lag)
+        if lag > 0:
+            self._late.append((time.monotonic(), lag))
+            self.recent_max_lag  # noqa: B018 - drops the entries that left the window
         if lag > self.lag_threshold:
             cause = (
                 f"handler steps reported as job_blocking account for {by_handlers:.1f}s of it"

@@ -146,6 +146,11 @@ class Supervisor:
         """Seconds the event loop was late at the watchdog's last tick (every 0.25 s)."""
         return 0.0 if self._watchdog is None else self._watchdog.lag
 
+    @property
+    def loop_lag_max(self) -> float:
+        """The largest lag of the event loop in the last minute, in seconds."""
+        return 0.0 if self._watchdog is None else self._watchdog.recent_max_lag
+
     # ------------------------------------------------------------------ life cycle
 
     async def __aenter__(self) -> Supervisor:
