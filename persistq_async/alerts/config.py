@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
@@ -53,8 +53,8 @@ class Alerting:
     :raises ConfigError: two rules share a name, or a value is out of range.
     """
 
-    rules: tuple[AlertRule, ...]
-    sinks: tuple[AlertSink, ...] = ()
+    rules: Sequence[AlertRule]
+    sinks: Sequence[AlertSink] = ()
     interval: float = DEFAULT_ALERT_INTERVAL
     lease_seconds: float | None = None
 
@@ -85,6 +85,12 @@ class Alerting:
             ):
                 raise ConfigError(f"alerts: {key}: expected a number > 0, got {value!r}")
             object.__setattr__(self, key, float(value))
+        if self.lease_seconds is not None and self.lease_seconds <= self.interval:
+            # A lease that ends between two ticks would pass from process to process.
+            raise ConfigError(
+                f"alerts: lease_seconds: must be longer than interval ({self.interval:g}), "
+                f"got {self.lease_seconds:g}"
+            )
 
     @property
     def lease(self) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,7 +50,7 @@ def log_alert(alert: Alert) -> None:
     )
 
 
-async def deliver(alert: Alert, sinks: tuple[AlertSink, ...]) -> None:
+async def deliver(alert: Alert, sinks: Sequence[AlertSink]) -> None:
     """Hand ``alert`` to every sink, side by side; never raises (but cancellation)."""
     if not sinks:
         return

@@ -132,6 +132,10 @@ def test_an_alert_says_what_fired() -> None:
             "alert rule 'lag': two rules have this name",
         ),
         (lambda: Alerting(rules=(), interval=0), "alerts: interval"),
+        (
+            lambda: Alerting(rules=(), interval=5, lease_seconds=4),
+            "alerts: lease_seconds: must be longer than interval (5), got 4",
+        ),
         (lambda: pq.WebhookSink(url="ftp://x"), "alert webhook: url"),
         (
             lambda: pq.WebhookSink(url="http://127.0.0.1:1/", retries=-1),
