@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,7 @@ def test_an_alert_says_what_fired() -> None:
     ],
 )
 def test_bad_rules_raise_config_errors_naming_the_rule(make: object, message: str) -> None:
-    with pytest.raises(pq.ConfigError, match="^" + message.replace("(", r"\(")):
+    with pytest.raises(pq.ConfigError, match="^" + re.escape(message)):
         make()  # type: ignore[operator]
 
 
