@@ -8,6 +8,18 @@
 from __future__ import annotations
 
 from ._types import ACTIVE_STATES, FINISHED_STATES, Handler, JobState, Serializer
+from .alerts import (
+    Alert,
+    Alerting,
+    AlertRule,
+    DeadJobsRule,
+    FailureRateRule,
+    NoWorkerRule,
+    PoolRestartsRule,
+    QueueLagRule,
+    WalSizeRule,
+    WebhookSink,
+)
 from .config import Options
 from .errors import (
     ArgumentError,
@@ -28,6 +40,7 @@ from .errors import (
     SupervisorError,
 )
 from .job import Attempt, Job, JobInfo
+from .logformat import JSONFormatter
 from .monitoring import HealthCheck, HealthReport, PoolInfo, Stats, WorkerInfo
 from .pool import Pool
 from .queue import Queue
@@ -39,15 +52,21 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVE_STATES",
     "FINISHED_STATES",
+    "Alert",
+    "AlertRule",
+    "Alerting",
     "ArgumentError",
     "ArgumentTypeError",
     "Attempt",
     "ConfigError",
     "DatabaseError",
     "DatabaseNotFound",
+    "DeadJobsRule",
+    "FailureRateRule",
     "Handler",
     "HealthCheck",
     "HealthReport",
+    "JSONFormatter",
     "JSONSerializer",
     "Job",
     "JobAlreadyFinished",
@@ -56,12 +75,15 @@ __all__ = [
     "JobState",
     "JobStateError",
     "LeaseLost",
+    "NoWorkerRule",
     "Options",
     "PersistQError",
     "Pool",
     "PoolInfo",
+    "PoolRestartsRule",
     "Queue",
     "QueueClosed",
+    "QueueLagRule",
     "Reject",
     "Retry",
     "SchemaError",
@@ -70,6 +92,8 @@ __all__ = [
     "Stats",
     "Supervisor",
     "SupervisorError",
+    "WalSizeRule",
+    "WebhookSink",
     "WorkerInfo",
     "__version__",
 ]

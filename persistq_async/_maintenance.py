@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,7 @@ from anyio.abc import TaskStatus
 
 from .errors import JobAlreadyFinished, LeaseLost, PersistQError
 from .monitoring import log_event
-from .pool import Execution, StopReason
+from .pool import DEFAULT_BLOCK_THRESHOLD, Execution, StopReason
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["Cleaner", "Heartbeat", "Rescuer", "Service", "Watchdog"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds over which :attr:`Watchdog.recent_max_lag` is taken.
+LAG_WINDOW = 60.0
 
 Pools = Callable[[], Iterable["Pool"]]
 
@@ -129,50 +134,92 @@ class Heartbeat(Service):
 
 
 class Watchdog(Service):
-    """Notices handlers that ignore cancellation and an event loop that was blocked.
+    """Measures the event loop's lag and notices handlers that ignore cancellation.
+
+    Lag is how late this service's own tick is: the loop was held by *something* meanwhile.
+    It is kept in :attr:`lag` (a gauge) and, past ``lag_threshold``, logged as ``loop_lag``
+    naming no job: a late tick cannot tell who held the loop. A handler is named only by its own
+    timed steps (``job_blocking``, logged by its pool), and the lag warning says how much of the
+    lag those steps account for.
 
     Timeouts themselves are each executor's cancel-scope deadline. A handler still running
     ``grace`` seconds after it should have stopped is blocking the loop or swallowing
     cancellation: it is logged by job and marked unresponsive, so its lease is no longer extended.
     """
 
-    def __init__(self, pools: Pools, *, interval: float = 0.25, grace: float = 1.0) -> None:
+    def __init__(
+        self,
+        pools: Pools,
+        *,
+        interval: float = 0.25,
+        grace: float = 1.0,
+        lag_threshold: float = DEFAULT_BLOCK_THRESHOLD,
+    ) -> None:
         self.pools = pools
         self.interval = interval
         self.grace = grace
+        self.lag_threshold = lag_threshold
+        #: Seconds the last tick came late (0.0 when on time).
+        self.lag = 0.0
+        #: The largest lag seen so far.
+        self.max_lag = 0.0
+        # (time.monotonic(), lag) of the late ticks of the last LAG_WINDOW seconds.
+        self._late: deque[tuple[float, float]] = deque()
         self._last = math.nan
+        self._blocked = 0.0
+
+    @property
+    def recent_max_lag(self) -> float:
+        """The largest lag of the last :data:`LAG_WINDOW` seconds (a scrape every 15 s or so
+        would miss a spike that :attr:`lag` shows for one tick only)."""
+        horizon = time.monotonic() - LAG_WINDOW
+        while self._late and self._late[0][0] < horizon:
+            self._late.popleft()
+        return max((lag for _, lag in self._late), default=0.0)
 
     async def tick(self) -> None:
-        """Check loop lag and overdue handlers once."""
+        """Measure loop lag and check overdue handlers once."""
         now = anyio.current_time()
-        lag = 0.0 if math.isnan(self._last) else now - self._last - self.interval
+        lag = 0.0 if math.isnan(self._last) else max(0.0, now - self._last - self.interval)
         self._last = now
-        running = [(p, e) for p in self.pools() for e in list(p.executions.values())]
-        if lag > self.grace and running:
-            ids = ", ".join(str(e.job.id) for _, e in running)
+        pools = list(self.pools())
+        blocked = sum(p.blocked_seconds for p in pools)
+        by_handlers, self._blocked = max(0.0, blocked - self._blocked), blocked
+        self.lag = lag
+        self.max_lag = max(self.max_lag, lag)
+        if lag > 0:
+            self._late.append((time.monotonic(), lag))
+            self.recent_max_lag  # noqa: B018 - drops the entries that left the window
+        if lag > self.lag_threshold:
+            cause = (
+                f"handler steps reported as job_blocking account for {by_handlers:.1f}s of it"
+                if by_handlers > 0
+                else "no handler held it: other code in this process (or an overloaded machine)"
+            )
             log_event(
                 logger,
                 logging.WARNING,
-                "job_blocking",
-                f"the event loop was blocked for {lag:.1f}s while jobs {ids} ran; "
-                "a handler is calling blocking code (use anyio.to_thread.run_sync)",
-                jobs=ids,
+                "loop_lag",
+                f"the event loop was {lag:.1f}s late; {cause}",
+                lag_seconds=round(lag, 3),
+                handler_seconds=round(by_handlers, 3),
             )
-        for pool, execution in running:
-            overdue = now - execution.deadline
-            if overdue > self.grace and not execution.warned:
-                execution.warned = True
-                execution.unresponsive = True
-                log_event(
-                    logger,
-                    logging.WARNING,
-                    "job_blocking",
-                    f"job {execution.job.id} ignored its timeout for {overdue:.1f}s (blocking code "
-                    "or swallowed cancellation); its lease will not be extended",
-                    job_id=execution.job.id,
-                    queue=execution.job.queue,
-                    pool=pool.name,
-                )
+        for pool in pools:
+            for execution in list(pool.executions.values()):
+                overdue = now - execution.deadline
+                if overdue > self.grace and not execution.warned:
+                    execution.warned = True
+                    execution.unresponsive = True
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "job_blocking",
+                        f"job {execution.job.id} ignored its timeout for {overdue:.1f}s (blocking "
+                        "code or swallowed cancellation); its lease will not be extended",
+                        job_id=execution.job.id,
+                        queue=execution.job.queue,
+                        pool=pool.name,
+                    )
 
 
 class Rescuer(Service):

@@ -24,7 +24,8 @@ from ._cli import commands, watch
 from ._cli.durations import duration
 from ._cli.output import error
 from ._http import Listener, Response, Route, bind, parse_address, serve
-from ._types import Handler
+from ._types import Handler, JobState
+from .alerts import Alerting
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -34,7 +35,8 @@ from .errors import (
     PersistQError,
     SerializationError,
 )
-from .job import Job
+from .job import Job, JobInfo
+from .logformat import JSONFormatter
 from .pool import check_handler
 from .queue import Queue
 from .supervisor import DEFAULT_GRACE, Supervisor
@@ -179,6 +181,7 @@ def _check_monitor_args(args: argparse.Namespace) -> None:
 
 async def _worker(args: argparse.Namespace) -> None:
     handler = load_handler(args.handler)
+    alerting = Alerting.from_config()  # the [alerts] table, checked before anything opens
     _check_monitor_args(args)
     # Bound before anything starts, so that an address in use is a plain error (exit 2).
     listeners: dict[tuple[str, int], Listener] = {}
@@ -189,7 +192,9 @@ async def _worker(args: argparse.Namespace) -> None:
     # would be back, and a second SIGTERM arriving then would kill the process outright.
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with Queue(args.url, name=args.queue) as q, anyio.create_task_group() as tg:
-            async with Supervisor(grace=args.grace, gc_freeze=args.gc_freeze) as sup:
+            async with Supervisor(
+                grace=args.grace, gc_freeze=args.gc_freeze, alerts=alerting
+            ) as sup:
                 # Before the pool starts, so that the metrics count its first jobs too.
                 for address, routes in _monitor_routes(args, q, sup).items():
                     await tg.start(functools.partial(serve, listeners.pop(address), routes))
@@ -252,6 +257,10 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="logging level (default INFO for the worker, WARNING otherwise)",
     )
+    log_format_help = "text lines (default), or one JSON object per line with the structured fields"
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help=log_format_help
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -264,6 +273,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a supervised pool until SIGINT/SIGTERM")
     common(worker)
     worker.add_argument("handler", help="the handler, as module.path:function")
+    # Also after the sub-command, where a worker's options are written; SUPPRESS keeps the
+    # top-level value when it is not repeated here.
+    worker.add_argument(
+        "--log-format", choices=["text", "json"], default=argparse.SUPPRESS, help=log_format_help
+    )
     worker.add_argument("--concurrency", type=int, default=10)
     worker.add_argument("--job-timeout", type=duration, default=None, help="such as 30s or 5m")
     worker.add_argument("--grace", type=duration, default=DEFAULT_GRACE, help="such as 10s")
@@ -320,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JSONFormatter())
     try:
         if args.command == "demo":
             if args.db is None:

@@ -47,6 +47,7 @@ __all__ = [
     "OPTION_NAMES",
     "Options",
     "explain_options",
+    "read_section",
     "resolve_options",
 ]
 
@@ -99,6 +100,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+#: Tables of the configuration file that are not queue options; each is read by its feature
+#: (:func:`read_section`), and the option resolution leaves them alone.
+SECTIONS = frozenset({"alerts"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,24 +238,52 @@ def _environment_layer(environ: Mapping[str, str]) -> _Layer:
     return layer
 
 
-def _file_layer(directory: Path) -> _Layer:
+def _config_table(directory: Path) -> tuple[dict[str, Any], str] | None:
+    """The configuration file's table and its description, or None without one."""
     config_path = directory / CONFIG_FILE
     if config_path.is_file():
-        table: Any = _load_toml(config_path)
-        source = str(config_path)
-    else:
-        pyproject_path = directory / PYPROJECT_FILE
-        if not pyproject_path.is_file():
-            return {}
-        tool = _load_toml(pyproject_path).get("tool")
-        if not isinstance(tool, dict) or "persistq" not in tool:
-            return {}
-        table = tool["persistq"]
-        source = f"{pyproject_path} [tool.persistq]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{source}: expected a table, got {table!r}")
+        return _load_toml(config_path), str(config_path)
+    pyproject_path = directory / PYPROJECT_FILE
+    if not pyproject_path.is_file():
+        return None
+    tool = _load_toml(pyproject_path).get("tool")
+    if not isinstance(tool, dict) or "persistq" not in tool:
+        return None
+    table = tool["persistq"]
+    source = f"{pyproject_path} [tool.persistq]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: expected a table, got {table!r}")
+    return table, source
+
+
+def read_section(
+    name: str, cwd: str | os.PathLike[str] | None = None
+) -> tuple[dict[str, Any], str] | None:
+    """The table ``name`` (one of :data:`SECTIONS`) of the configuration file that options come
+    from (``persistq.toml``, else ``[tool.persistq]`` of ``pyproject.toml``), with a description
+    of where it is; None when the file or the table is absent.
+
+    :raises ConfigError: the file cannot be read, or ``name`` is not a table.
+    """
+    found = _config_table(Path.cwd() if cwd is None else Path(cwd))
+    if found is None or name not in found[0]:
+        return None
+    table, source = found
+    where = f"{source} [{name}]" if source.endswith(CONFIG_FILE) else f"{source[:-1]}.{name}]"
+    if not isinstance(table[name], dict):
+        raise ConfigError(f"{where}: expected a table, got {table[name]!r}")
+    return table[name], where
+
+
+def _file_layer(directory: Path) -> _Layer:
+    found = _config_table(directory)
+    if found is None:
+        return {}
+    table, source = found
     layer: _Layer = {}
     for name, value in table.items():
+        if name in SECTIONS:
+            continue
         _require_known(name, source)
         if name in _FLOAT_OPTIONS and isinstance(value, str):
             value = _parse_text(name, value, source)  # retention_seconds = "7d"

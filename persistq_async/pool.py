@@ -13,7 +13,7 @@ import enum
 import inspect
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._checks import check_float, check_int, check_name
 from ._crash import crash_point
+from ._steps import TimedSteps
 from ._types import Handler
 from .errors import (
     ArgumentTypeError,
@@ -40,12 +41,15 @@ if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue, Watch
 
-__all__ = ["Execution", "Pool", "StopReason", "check_handler"]
+__all__ = ["DEFAULT_BLOCK_THRESHOLD", "Execution", "Pool", "StopReason", "check_handler"]
 
 logger = logging.getLogger(__name__)
 
 #: How long an outcome write may take once its handler finished (it is shielded from cancel).
 OUTCOME_TIMEOUT = 30.0
+#: Seconds one step of a handler (from one ``await`` to the next) may hold the event loop before
+#: the handler is named as calling blocking code.
+DEFAULT_BLOCK_THRESHOLD = 0.5
 
 
 class StopReason(enum.StrEnum):
@@ -72,6 +76,8 @@ class Execution:
     warned: bool = field(default=False)
     #: The handler has returned (or raised): its outcome is being recorded.
     settling: bool = False
+    #: Seconds this handler's own slow steps held the event loop (steps past the threshold).
+    blocked_seconds: float = 0.0
 
     def stop(self, reason: StopReason) -> None:
         """Cancel the handler; the first reason given is the one recorded."""
@@ -110,6 +116,7 @@ class Pool:
         concurrency: int,
         job_timeout: float | None,
         on_crash: Callable[[Pool, BaseException], Awaitable[None]],
+        block_threshold: float = DEFAULT_BLOCK_THRESHOLD,
     ) -> None:
         #: The pool's unique name within its supervisor.
         self.name: str = check_name("name", name)
@@ -127,6 +134,10 @@ class Pool:
         self.failed: int = 0
         #: Times the claim loop crashed and was restarted.
         self.restarts: int = 0
+        #: A handler step holding the event loop longer than this many seconds is reported.
+        self.block_threshold: float = check_float("block_threshold", block_threshold, positive=True)
+        #: Seconds the handlers' own slow steps held the event loop, in total.
+        self.blocked_seconds: float = 0.0
         self.executions: dict[int, Execution] = {}
         # Handlers running now; an execution recording its outcome no longer holds a slot, so
         # the refill claim can share a transaction with the acks that freed the slots.
@@ -333,11 +344,18 @@ class Pool:
         try:
             with execution.scope:
                 crash_point("mid-handler")
+                running: Awaitable[Any] = self.handler(job)
+                if isinstance(running, Coroutine):  # always, for an async def handler
+                    running = TimedSteps(
+                        running,
+                        threshold=self.block_threshold,
+                        on_slow=lambda seconds: self._blocked(execution, seconds),
+                    )
                 if hub.traced:
                     with hub.process_spans(job, self.name):
-                        result = await self.handler(job)
+                        result = await running
                 else:
-                    result = await self.handler(job)
+                    result = await running
                 returned = True
         except Exception as exc:
             error = exc
@@ -373,6 +391,25 @@ class Pool:
             self.processed += 1
             if not self.executions:
                 self._idle.set()
+
+    def _blocked(self, execution: Execution, seconds: float) -> None:
+        """One step of this execution's handler held the event loop for ``seconds``."""
+        first = execution.blocked_seconds == 0.0
+        execution.blocked_seconds += seconds
+        self.blocked_seconds += seconds
+        if first:  # once per delivery: a handler blocking in a loop must not flood the log
+            job = execution.job
+            log_event(
+                logger,
+                logging.WARNING,
+                "job_blocking",
+                f"job {job.id}: its handler held the event loop for {seconds:.2f}s in one step "
+                "(blocking code; run it with anyio.to_thread.run_sync)",
+                job_id=job.id,
+                queue=job.queue,
+                pool=self.name,
+                blocked_seconds=round(seconds, 3),
+            )
 
     async def _settle(self, execution: Execution, result: Any, error: BaseException | None) -> None:
         job = execution.job

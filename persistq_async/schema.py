@@ -34,15 +34,18 @@ __all__ = [
     "RUNNING",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "alert_lease",
+    "alert_state",
     "attempts",
     "jobs",
+    "pool_restarts",
     "workers",
     "meta",
     "metadata",
 ]
 
 #: Bumped by every migration; a database with a higher version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
@@ -182,6 +185,58 @@ workers = Table(
 )
 Index("persistq_workers_last_seen", workers.c.last_seen)
 
+# ---------------------------------------------------------------------- alerting (version 3)
+
+# Which process evaluates the alert rules of this database: one row per lease name, held by
+# ``owner`` until ``expires_at``; taken over by another process once it has expired.
+alert_lease = Table(
+    "persistq_alert_lease",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("expires_at", _Time, nullable=False),
+    sqlite_strict=True,
+)
+
+# The rules that are pending or firing now (an inactive rule has no row), so an evaluator that
+# takes over neither fires again what is firing nor forgets how long a condition has held.
+alert_state = Table(
+    "persistq_alert_state",
+    metadata,
+    Column("rule", Text, primary_key=True),
+    # pending or firing
+    Column("state", Text, nullable=False),
+    Column("active_since", _Time, nullable=False),
+    Column("fired_at", _Time),
+    # while firing: since when the condition has been false (keep_firing_seconds)
+    Column("clear_since", _Time),
+    Column("value", _Time),
+    Column("updated_at", _Time, nullable=False),
+    sqlite_strict=True,
+)
+
+# Claim-loop restarts of every process, so one evaluator sees them all; pruned by age.
+pool_restarts = Table(
+    "persistq_pool_restarts",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("queue", Text, nullable=False),
+    Column("pool", Text, nullable=False),
+    Column("restarted_at", _Time, nullable=False),
+    Column("error", Text),
+    sqlite_strict=True,
+)
+Index("persistq_pool_restarts_at", pool_restarts.c.restarted_at)
+# (The failure-rate rule counts the attempts that ended within its window through the
+# persistq_attempts_finished index of version 2.)
+
+
+def _add_alerting(conn: Connection) -> None:
+    """Version 2 -> 3: the alerting tables."""
+    for table in (alert_lease, alert_state, pool_restarts):
+        table.create(conn)
+
+
 Migration = Callable[[Connection], None]
 
 
@@ -203,4 +258,4 @@ def _metrics_v2(conn: Connection) -> None:
 
 
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
-MIGRATIONS: list[Migration] = [_metrics_v2]
+MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting]

@@ -8,11 +8,12 @@ stops every pool gracefully and raises :class:`~persistq_async.SupervisorError`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -22,12 +23,20 @@ from anyio.abc import TaskGroup
 from ._checks import check_float, check_int, check_name
 from ._maintenance import Cleaner, Heartbeat, Rescuer, Watchdog
 from ._types import Handler
-from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorError
+from .alerts import AlertEvaluator, Alerting, AlertRule
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    PersistQError,
+    QueueClosed,
+    SupervisorError,
+)
 from .metrics import EventKind, hub
 from .monitoring import log_event
-from .pool import Pool, check_handler
+from .pool import DEFAULT_BLOCK_THRESHOLD, Pool, check_handler
 from .queue import Queue
 from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
+from .store.alerts import AlertStore
 
 if TYPE_CHECKING:
     pass
@@ -45,6 +54,10 @@ DEFAULT_GRACE = 10.0
 DEFAULT_MAX_RESTARTS = 10
 #: ... within this many seconds, and the supervisor gives up.
 DEFAULT_RESTART_PERIOD = 60.0
+#: Restarts kept in memory while the database cannot record them.
+MAX_PENDING_RESTARTS = 1000
+#: Longest recording a restart may hold up the restart.
+RESTART_RECORD_TIMEOUT = 2.0
 
 
 class Supervisor:
@@ -67,6 +80,12 @@ class Supervisor:
         thousands of jobs per second, and every job waiting meanwhile waits that much longer.
         It changes the whole process's garbage collector, so it is off by default; the
         ``persistq worker`` command turns it on (a process of its own).
+    :param alerts: alert rules (a list of rules, or :class:`~persistq_async.Alerting` with sinks
+        and an interval); one supervisor per database evaluates them (see the README's
+        "Alerting"). None: no alerting in this process (its restarts are still recorded).
+    :param block_threshold: seconds one step of a handler (from one ``await`` to the next) may
+        hold the event loop before that handler is logged as blocking (``job_blocking``), and
+        seconds the loop may run late before its lag is logged (``loop_lag``, naming no job).
     :param registry_interval: seconds between refreshes of the supervisor's row in the worker
         registry (:meth:`Queue.workers`).
     """
@@ -80,6 +99,8 @@ class Supervisor:
         rescue_interval: float = 1.0,
         heartbeat_interval: float | None = None,
         gc_freeze: bool = False,
+        block_threshold: float = DEFAULT_BLOCK_THRESHOLD,
+        alerts: Alerting | Iterable[AlertRule] | None = None,
         registry_interval: float = DEFAULT_REGISTRY_INTERVAL,
     ) -> None:
         self.grace = check_float("grace", grace, minimum=0.0)
@@ -97,6 +118,14 @@ class Supervisor:
         #: This supervisor's id in the worker registry.
         self.id: str = uuid.uuid4().hex
         self.registry_interval = check_float("registry_interval", registry_interval, positive=True)
+        self.block_threshold = check_float("block_threshold", block_threshold, positive=True)
+        self._watchdog: Watchdog | None = None
+        #: The alert settings, if this supervisor evaluates alert rules.
+        self.alerting: Alerting | None = None if alerts is None else Alerting.of(alerts)
+        self._alert_evaluator: AlertEvaluator | None = None
+        # Restarts not yet recorded in the database (it may be what failed): (pool, at, error).
+        self._pending_restarts: deque[tuple[Pool, float, str]] = deque(maxlen=MAX_PENDING_RESTARTS)
+        self._restarts_lock = anyio.Lock()
         self._pools: dict[str, Pool] = {}
         self._restarts: deque[float] = deque()
         self._tg: TaskGroup | None = None
@@ -111,6 +140,16 @@ class Supervisor:
     def pools(self) -> Mapping[str, Pool]:
         """The running pools by name (read-only)."""
         return MappingProxyType(self._pools)
+
+    @property
+    def loop_lag(self) -> float:
+        """Seconds the event loop was late at the watchdog's last tick (every 0.25 s)."""
+        return 0.0 if self._watchdog is None else self._watchdog.lag
+
+    @property
+    def loop_lag_max(self) -> float:
+        """The largest lag of the event loop in the last minute, in seconds."""
+        return 0.0 if self._watchdog is None else self._watchdog.recent_max_lag
 
     # ------------------------------------------------------------------ life cycle
 
@@ -138,8 +177,15 @@ class Supervisor:
                 await tg.start(self._heartbeat.run)
                 await tg.start(self._registrar.run)
                 await tg.start(Watchdog(pools).run)
+                self._watchdog = Watchdog(pools, lag_threshold=self.block_threshold)
+                await tg.start(self._watchdog.run)
                 await tg.start(Rescuer(queues, interval=self.rescue_interval).run)
                 await tg.start(Cleaner(queues).run)
+                if self.alerting is not None:
+                    self._alert_evaluator = AlertEvaluator(
+                        self.alerting, queues, before_tick=self._record_restarts
+                    )
+                    await tg.start(self._alert_evaluator.run)
                 task_status.started()
 
     def _heartbeat_interval(self) -> float:
@@ -235,6 +281,7 @@ class Supervisor:
             concurrency=concurrency,
             job_timeout=job_timeout,
             on_crash=self._on_crash,
+            block_threshold=self.block_threshold,
         )
         self._pools[pool_name] = pool
         try:
@@ -279,8 +326,36 @@ class Supervisor:
             await pool.wait_stopped()
         self._pools.pop(name, None)
 
+    async def _record_restarts(self) -> None:
+        """Write the restarts not yet recorded (for the pool-restarts alert rule of whichever
+        process evaluates); those the database refuses wait for the next try."""
+        # One writer at a time: a crash and the evaluator's tick may both flush.
+        async with self._restarts_lock:
+            while self._pending_restarts:
+                pool = self._pending_restarts[0][0]
+                store = pool.queue.store if not pool.queue.closed else None
+                if store is None or not store.is_open:
+                    self._pending_restarts.popleft()  # its database is gone from this process
+                    continue
+                batch = [r for r in self._pending_restarts if r[0].queue.store is store]
+                await AlertStore(store).record_restarts(
+                    [(p.queue.name, p.name, t, e) for p, t, e in batch]
+                )
+                for item in batch:
+                    self._pending_restarts.remove(item)
+
     async def _on_crash(self, pool: Pool, exc: BaseException) -> None:
         now = anyio.current_time()
+        if not pool.queue.closed:
+            self._pending_restarts.append((pool, pool.queue.store.clock(), str(exc)))
+            # The database may be what failed; the next try (a tick of this process's alert
+            # evaluator, or the next restart) writes them.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(RESTART_RECORD_TIMEOUT),
+                contextlib.suppress(PersistQError),
+            ):
+                await self._record_restarts()
         self._restarts.append(now)
         while self._restarts and self._restarts[0] < now - self.restart_period:
             self._restarts.popleft()

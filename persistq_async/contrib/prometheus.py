@@ -14,7 +14,8 @@
   ``persistq_workers{queue}`` (live workers with a pool on the queue). Every worker reports the
   same values for these: take ``max`` over instances, not ``sum``.
 - This process's pools, if a supervisor is given: ``persistq_pool_concurrency{pool,queue}``,
-  ``persistq_pool_active{pool,queue}``.
+  ``persistq_pool_active{pool,queue}``, and ``persistq_event_loop_lag_max_seconds`` (the
+  largest lag of the event loop in the last minute, whoever held it: ``loop_lag`` in the README).
 
 Use it in your own registry::
 
@@ -288,6 +289,13 @@ class PersistqCollector(Collector):
             active.add_metric([pool.name, pool.queue.name], pool.active)
         yield concurrency
         yield active
+        if self.supervisor is not None:
+            loop = GaugeMetricFamily(
+                f"{ns}_event_loop_lag_max_seconds",
+                "The largest lag of this process's event loop in the last minute.",
+            )
+            loop.add_metric([], self.supervisor.loop_lag_max)
+            yield loop
 
     def _pools(self) -> Iterable[Pool]:
         if self.supervisor is None:

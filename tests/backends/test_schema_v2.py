@@ -67,7 +67,7 @@ async def test_a_schema_1_database_is_migrated_and_keeps_its_jobs(v1_url: str) -
     assert "tags" not in await _columns(v1_url, "persistq_jobs")
     async with pq.Queue(v1_url, name="legacy", poll_interval=0.05) as q:
         health = await q.health(require_workers=False, max_lag=10**9)  # its jobs are old
-        assert health.schema_version == schema.SCHEMA_VERSION == 2
+        assert health.schema_version == schema.SCHEMA_VERSION >= 2
         assert health.status == "ok", health
         stats = await q.stats(window=10**9)  # the fixture's deliveries are old
         assert (stats.queued, stats.done, stats.dead) == (3, 1, 1)

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 import persistq_async as pq
 from persistq_async._http import Response, bind, serve
-from persistq_async.schema import meta
+from persistq_async.schema import SCHEMA_VERSION, meta
 from tests.conftest import open_queue, private_pg_database
 
 
@@ -36,7 +36,7 @@ async def test_a_served_queue_is_ok(backend_url: str, queue_name: str, is_sqlite
         assert report.database_reachable
         assert report.round_trip_seconds is not None
         assert report.round_trip_seconds >= 0
-        assert report.schema_version == 2
+        assert report.schema_version == SCHEMA_VERSION
         assert (report.lag_seconds, report.live_workers) == (0.0, 1)
         names = [c.name for c in report.checks]
         assert names == ["database", "schema", "lag", "workers", *(["wal"] if is_sqlite else [])]
@@ -83,11 +83,16 @@ async def test_a_foreign_schema_version_is_failing(backend_url: str, queue_name:
             report = await q.health(require_workers=False)
             assert report.status == "failing"
             assert not report.ok
-            assert _check(report, "schema").detail == "version 99, this library expects 2"
+            assert (
+                _check(report, "schema").detail
+                == f"version 99, this library expects {SCHEMA_VERSION}"
+            )
         finally:
             await q.store.write(
                 lambda conn: conn.execute(
-                    update(meta).where(meta.c.key == "schema_version").values(value="2")
+                    update(meta)
+                    .where(meta.c.key == "schema_version")
+                    .values(value=str(SCHEMA_VERSION))
                 )
             )
 
@@ -204,7 +209,9 @@ async def test_readyz_says_503_while_the_queue_is_failing(
             finally:
                 await q.store.write(
                     lambda conn: conn.execute(
-                        update(meta).where(meta.c.key == "schema_version").values(value="2")
+                        update(meta)
+                        .where(meta.c.key == "schema_version")
+                        .values(value=str(SCHEMA_VERSION))
                     )
                 )
             tg.cancel_scope.cancel()
