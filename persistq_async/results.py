@@ -1,0 +1,160 @@
+"""Awaiting jobs' results: many awaiters, one reader.
+
+Every :meth:`Queue.result` call registers the job it waits for; one of the awaiting calls at a
+time (the *reader*) reads the state of every awaited job with one statement, hands each
+finished job's outcome to its awaiter, and waits for the next sign of change: a job of the queue
+finished in this process (the store's change listeners, at once), another process committed
+(the store's change token, looked at twice per ``poll_interval`` and shared with ``get``), or,
+where the change token does not see every commit (PostgreSQL's counts notifications of new
+work, not finished jobs), ``poll_interval`` passed. So a thousand awaiters cost the database
+what one does. When the reader's own job is done (or its call is cancelled or times out) it
+hands the role to another awaiter; nothing runs once no call is waiting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from ._types import FINISHED_STATES
+
+if TYPE_CHECKING:
+    from .store import JobStore, Outcome
+
+__all__ = ["ResultWaiters"]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Slot:
+    """One waiting call."""
+
+    job_id: int
+    event: anyio.Event = field(default_factory=anyio.Event)
+    outcome: Outcome | None = None
+    missing: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None or self.missing
+
+
+class ResultWaiters:
+    """The awaiters of one queue object (see the module docstring).
+
+    :param store: the queue's store.
+    :param queue: the queue's name.
+    :param poll_interval: the queue's ``poll_interval`` option.
+    """
+
+    def __init__(self, store: JobStore, queue: str, poll_interval: float) -> None:
+        self._store = store
+        self._queue = queue
+        self._poll_interval = poll_interval
+        self._slots: dict[int, list[_Slot]] = {}
+        self._reader: _Slot | None = None
+        self._kick = anyio.Event()
+        self._listening = False
+
+    @property
+    def waiting(self) -> int:
+        """How many calls are waiting now (tests check that none is left behind)."""
+        return sum(len(slots) for slots in self._slots.values())
+
+    @property
+    def listening(self) -> bool:
+        """Whether a change listener is registered with the store (only while calls wait)."""
+        return self._listening
+
+    def _changed(self, queue: str) -> None:
+        if queue == self._queue:
+            self._kick.set()
+
+    async def wait(self, job_id: int, deadline: float | None) -> Outcome | None:
+        """The outcome of ``job_id`` once it is finished; None if the job does not exist.
+
+        :param deadline: anyio time after which :class:`TimeoutError` is raised; None waits.
+        """
+        slot = _Slot(job_id=job_id)
+        self._slots.setdefault(job_id, []).append(slot)
+        if not self._listening:
+            self._store.add_change_listener(self._changed)
+            self._listening = True
+        self._kick.set()
+        try:
+            while not slot.done:
+                if self._reader is None:
+                    self._reader = slot
+                if self._reader is slot:
+                    await self._read_until_done(slot, deadline)
+                    continue
+                remaining = None if deadline is None else deadline - anyio.current_time()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                with anyio.move_on_after(remaining):
+                    await slot.event.wait()
+                if not slot.done:
+                    slot.event = anyio.Event()  # woken to take over reading
+            return None if slot.missing else slot.outcome
+        finally:
+            self._leave(slot)
+
+    def _leave(self, slot: _Slot) -> None:
+        # Synchronous, so a cancelled call leaves nothing behind whatever interrupted it.
+        slots = self._slots.get(slot.job_id)
+        if slots is not None:
+            if slot in slots:
+                slots.remove(slot)
+            if not slots:
+                del self._slots[slot.job_id]
+        if self._reader is slot:
+            self._reader = None
+            for others in self._slots.values():
+                others[0].event.set()  # the next awaiter becomes the reader
+                break
+        if not self._slots and self._listening:
+            self._store.remove_change_listener(self._changed)
+            self._listening = False
+
+    async def _read_until_done(self, slot: _Slot, deadline: float | None) -> None:
+        store = self._store
+        sees_every_commit = store.backend.change_token_sees_every_commit()
+        while not slot.done:
+            # A fresh kick and the token before reading: a change during the read is not lost.
+            self._kick = anyio.Event()
+            token = store.known_change_token()
+            await self._read()
+            read_at = anyio.current_time()
+            while not slot.done:
+                now = anyio.current_time()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError
+                limit = now + self._poll_interval / 2
+                if deadline is not None:
+                    limit = min(limit, deadline)
+                with anyio.move_on_after(max(0.0, limit - now)):
+                    await self._kick.wait()
+                if self._kick.is_set():
+                    break
+                if sees_every_commit:
+                    if await store.change_token() != token:
+                        break
+                elif anyio.current_time() - read_at >= self._poll_interval:
+                    break
+
+    async def _read(self) -> None:
+        ids = sorted(job_id for job_id, slots in self._slots.items() if slots)
+        if not ids:
+            return
+        found = await self._store.outcomes(self._queue, ids)
+        for job_id in ids:
+            outcome = found.get(job_id)
+            for waiting in list(self._slots.get(job_id, ())):
+                if outcome is None:
+                    waiting.missing = True
+                elif outcome.state in FINISHED_STATES:
+                    waiting.outcome = outcome
+                else:
+                    continue
+                waiting.event.set()
