@@ -15,6 +15,8 @@ from .errors import (
     ConfigError,
     DatabaseError,
     JobAlreadyFinished,
+    JobCancelled,
+    JobFailed,
     JobNotFound,
     JobStateError,
     LeaseLost,
@@ -30,6 +32,7 @@ from .job import Attempt, Job, JobInfo
 from .monitoring import Stats
 from .pool import Pool
 from .queue import Queue
+from .schedules import ScheduleInfo
 from .serializers import JSONSerializer
 from .supervisor import Supervisor
 
@@ -47,6 +50,8 @@ __all__ = [
     "JSONSerializer",
     "Job",
     "JobAlreadyFinished",
+    "JobCancelled",
+    "JobFailed",
     "JobInfo",
     "JobNotFound",
     "JobState",
@@ -59,6 +64,7 @@ __all__ = [
     "QueueClosed",
     "Reject",
     "Retry",
+    "ScheduleInfo",
     "SchemaError",
     "SerializationError",
     "Serializer",

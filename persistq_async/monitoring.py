@@ -60,6 +60,12 @@ ACTIONS = frozenset(
         "housekeeping_failed",
         "release_lost",
         "lease_lost",
+        "schedule_saved",
+        "schedule_removed",
+        "schedule_paused",
+        "schedule_resumed",
+        "schedule_fired",
+        "schedule_ticks_skipped",
     }
 )
 

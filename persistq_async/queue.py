@@ -25,12 +25,14 @@ from ._checks import (
     check_seconds,
 )
 from ._crash import crash_point
+from ._queue_schedules import ScheduleMethods
 from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
 from .job import Job, JobInfo, decode
 from .monitoring import Stats, log_event
+from .results import ResultMethods
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
 
@@ -62,7 +64,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Queue:
+class Queue(ScheduleMethods, ResultMethods):
     """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
 
     :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,

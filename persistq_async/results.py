@@ -13,17 +13,24 @@ hands the role to another awaiter; nothing runs once no call is waiting.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._types import FINISHED_STATES
+from ._checks import check_int, check_seconds
+from ._types import FINISHED_STATES, JobState
+from .errors import JobCancelled, JobFailed, JobNotFound, SerializationError
 
 if TYPE_CHECKING:
-    from .store import JobStore, Outcome
+    from ._types import Serializer
+    from .config import Options
+    from .store import JobStore
+    from .store.results import Outcome
 
-__all__ = ["ResultWaiters"]
+__all__ = ["ResultMethods", "ResultWaiters"]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -49,6 +56,7 @@ class ResultWaiters:
     """
 
     def __init__(self, store: JobStore, queue: str, poll_interval: float) -> None:
+        self.store = store
         self._store = store
         self._queue = queue
         self._poll_interval = poll_interval
@@ -158,3 +166,82 @@ class ResultWaiters:
                 else:
                     continue
                 waiting.event.set()
+
+
+class ResultMethods:
+    """Mixed into :class:`~persistq_async.Queue`: await what jobs return."""
+
+    if TYPE_CHECKING:
+        name: str
+        serializer: Serializer
+        options: Options
+
+        @property
+        def store(self) -> JobStore: ...
+
+    _result_waiters: ResultWaiters | None = None
+
+    # ``timeout=`` like get's (DESIGN.md).
+    async def result(self, job_id: int, timeout: float | timedelta | None = None) -> Any:  # noqa: ASYNC109
+        """Wait until the job is finished and return its result: what its handler returned,
+        or what ``ack(result)`` stored (None when nothing was).
+
+        A finish in this process wakes the wait at once; one in another process within
+        ``poll_interval``. However many calls wait, the database is read for all of them at
+        once. Results are kept for ``retention_seconds`` after the job finished, like the job.
+
+        :raises JobFailed: the job is dead; carries its last error and attempts.
+        :raises JobCancelled: the job was cancelled.
+        :raises TimeoutError: not finished within ``timeout`` seconds (the job goes on).
+        :raises JobNotFound: no such job in this queue (or it was deleted, or cleaned after
+            ``retention_seconds``).
+        """
+        store = self.store
+        job_id = check_int("job_id", job_id)
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        deadline = None if wait is None else anyio.current_time() + wait
+        waiters = self._result_waiters
+        if waiters is None or waiters.store is not store:
+            waiters = self._result_waiters = ResultWaiters(
+                store, self.name, self.options.poll_interval
+            )
+        try:
+            outcome = await waiters.wait(job_id, deadline)
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id} did not finish within {wait}s") from None
+        if outcome is None:
+            raise JobNotFound(f"no job {job_id} in queue {self.name!r}")
+        if outcome.state == JobState.DEAD:
+            raise JobFailed(job_id, outcome.last_error, outcome.attempts)
+        if outcome.state == JobState.CANCELLED:
+            raise JobCancelled(job_id, outcome.last_error, outcome.attempts)
+        if outcome.result is None:
+            return None
+        try:
+            return self.serializer.loads(outcome.result)
+        except Exception as exc:
+            raise SerializationError(f"job {job_id}: its result cannot be decoded: {exc}") from exc
+
+    async def call(
+        self,
+        payload: Any,
+        *,
+        timeout: float | timedelta | None = None,  # noqa: ASYNC109
+        **options: Any,
+    ) -> Any:
+        """Put a job and wait for its result: :meth:`put` then :meth:`result`.
+
+        :param timeout: seconds for the whole call; on :class:`TimeoutError` the job stays
+            queued or running (cancel it with ``q.cancel(id)`` if it should not run; the id is
+            in the error's message).
+        :param options: :meth:`put`'s options (priority, delay, max_attempts, ...).
+        :raises JobFailed: the job ended dead.
+        :raises JobCancelled: the job was cancelled.
+        """
+        wait = None if timeout is None else check_seconds("timeout", timeout)
+        started = anyio.current_time()
+        # Queue.put; the mixin does not repeat its signature.
+        put: Callable[..., Awaitable[int]] = getattr(self, "put")  # noqa: B009
+        job_id = await put(payload, **options)
+        remaining = None if wait is None else max(0.0, wait - (anyio.current_time() - started))
+        return await self.result(job_id, timeout=remaining)

@@ -250,9 +250,7 @@ def check_catch_up(catch_up: Any, limit: Any, grace: Any) -> tuple[CatchUp, int,
             policy = CatchUp(catch_up)
         except ValueError:
             known = ", ".join(c.value for c in CatchUp)
-            raise ArgumentError(
-                f"catch_up: unknown policy {catch_up!r} (known: {known})"
-            ) from None
+            raise ArgumentError(f"catch_up: unknown policy {catch_up!r} (known: {known})") from None
     else:
         raise ArgumentTypeError(f"catch_up: expected a str, got {type(catch_up).__name__}")
     return (

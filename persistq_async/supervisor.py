@@ -25,6 +25,7 @@ from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorErr
 from .monitoring import log_event
 from .pool import Pool, check_handler
 from .queue import Queue
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     pass
@@ -94,6 +95,9 @@ class Supervisor:
         self._services_scope = anyio.CancelScope()
         self._closed = False
         self._heartbeat: Heartbeat | None = None
+        self._scheduler = Scheduler(
+            lambda: list({id(p.queue): p.queue for p in self._pools.values()}.values())
+        )
 
     @property
     def pools(self) -> Mapping[str, Pool]:
@@ -127,6 +131,7 @@ class Supervisor:
                 await tg.start(Watchdog(pools).run)
                 await tg.start(Rescuer(queues, interval=self.rescue_interval).run)
                 await tg.start(Cleaner(queues).run)
+                await tg.start(self._scheduler.run)
                 task_status.started()
 
     def _heartbeat_interval(self) -> float:
@@ -230,6 +235,7 @@ class Supervisor:
             raise
         if self._heartbeat is not None:
             self._heartbeat.set_interval(min(self._heartbeat.interval, self._heartbeat_interval()))
+        self._scheduler.wake()
         return pool
 
     def _require_running(self) -> TaskGroup:

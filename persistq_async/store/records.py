@@ -15,13 +15,18 @@ __all__ = ["AttemptRecord", "ClaimResult", "JobRecord", "NewJob", "attempt_row",
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewJob:
-    """One job to insert: the payload already encoded."""
+    """One job to insert: the payload already encoded.
+
+    A ``run_at`` in the past becomes the time of the insert, unless ``keep_run_at``: a
+    schedule's job keeps its tick time however late it is enqueued, so it says which tick it is.
+    """
 
     payload: bytes
     priority: int
     run_at: float
     max_attempts: int
     dedupe_key: str | None
+    keep_run_at: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
