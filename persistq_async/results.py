@@ -118,9 +118,14 @@ class ResultWaiters:
                 del self._slots[slot.job_id]
         if self._reader is slot:
             self._reader = None
+        if self._reader is None:
+            # The next awaiter not yet served becomes the reader. (One that was served but has
+            # not run yet would leave without reading: the role would be lost.)
             for others in self._slots.values():
-                others[0].event.set()  # the next awaiter becomes the reader
-                break
+                waiting = next((s for s in others if not s.done), None)
+                if waiting is not None:
+                    waiting.event.set()
+                    break
         if not self._slots and self._listening:
             self._store.remove_change_listener(self._changed)
             self._listening = False
