@@ -136,7 +136,7 @@ class ResultWaiters:
         while not slot.done:
             # A fresh kick and the token before reading: a change during the read is not lost.
             self._kick = anyio.Event()
-            token = store.known_change_token()
+            token = await store.change_token() if sees_every_commit else 0
             await self._read()
             read_at = anyio.current_time()
             while not slot.done:
