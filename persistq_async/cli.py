@@ -19,6 +19,7 @@ from typing import Any
 
 import anyio
 
+from ._queue_schedules import schedule_info
 from ._types import Handler, JobState
 from .errors import ArgumentError, PersistQError
 from .job import Job, JobInfo
@@ -103,6 +104,34 @@ async def _demo(path: Path) -> None:
                     f"  attempt {attempt.attempt}: {attempt.outcome}"
                     + (f" - {error[-1]}" if error else "")
                 )
+    await _demo_schedule_and_result(path)
+
+
+async def _demo_schedule_and_result(path: Path) -> None:
+    """The demo's second part: a schedule firing each second, and a result awaited."""
+    async with Queue(path, name="demo-reports") as q:
+        await q.schedule("heartbeat", cron="* * * * * *", payload={"task": "heartbeat"})
+        print("schedule 'heartbeat' declared: cron '* * * * * *' (every second)")
+        ticks: list[Job] = []
+        two_ticks = anyio.Event()
+
+        async def reporter(job: Job) -> Any:
+            if job.payload["task"] == "heartbeat":
+                ticks.append(job)
+                print(f"  heartbeat tick {job.run_at:%H:%M:%S} enqueued as job {job.id}")
+                if len(ticks) >= 2:
+                    two_ticks.set()
+                return None
+            return {"total": sum(job.payload["numbers"])}
+
+        async with Supervisor(grace=2.0) as sup:
+            await sup.add(q, reporter, concurrency=2, name="reporters")
+            with anyio.fail_after(30):
+                answer = await q.call({"task": "sum", "numbers": [1, 2, 3]}, timeout=30)
+                print(f"awaited result of a job: {answer}")
+                await two_ticks.wait()
+        await q.unschedule("heartbeat")
+        print(f"schedule 'heartbeat' fired {len(ticks)} times, one job per tick; removed")
 
 
 # ---------------------------------------------------------------------- worker
@@ -245,6 +274,41 @@ async def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _schedules(args: argparse.Namespace) -> int:
+    """``persistq schedules``: every schedule (of ``--queue`` when given) with its next run."""
+    async with Queue(args.url, name=args.queue) as q:
+        records = await q.store.schedules(args.queue if args.queue_given else None)
+        infos = [schedule_info(record, q.serializer) for record in records]
+    rows = [
+        {
+            "name": i.name,
+            "queue": i.queue,
+            "spec": i.spec,
+            "next_run_at": i.next_run_at.isoformat() if i.next_run_at else None,
+            "last_tick_at": i.last_tick_at.isoformat() if i.last_tick_at else None,
+            "paused": i.paused,
+            "catch_up": i.catch_up,
+        }
+        for i in infos
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no schedules")
+        return 0
+    cols = ["name", "queue", "spec", "next run"]
+    table = [
+        [r["name"], r["queue"], r["spec"], "paused" if r["paused"] else str(r["next_run_at"])]
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(str(row[n])) for row in table)) for n, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 # ---------------------------------------------------------------------- arguments
 
 
@@ -285,6 +349,10 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--state", choices=[s.value for s in JobState], default=None)
             p.add_argument("--limit", type=int, default=100)
             p.add_argument("--offset", type=int, default=0)
+
+    schedules = sub.add_parser("schedules", help="periodic jobs with their next run")
+    common(schedules)
+    schedules.add_argument("--json", action="store_true", help="print JSON")
 
     show = sub.add_parser("show", help="one job with its audit trail, as JSON")
     common(show)
@@ -336,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             anyio.run(_worker, args)
             return 0
+        if args.command == "schedules":
+            return anyio.run(_schedules, args)
         return anyio.run(_inspect, args)
     except PersistQError as exc:
         print(f"persistq: error: {exc}", file=sys.stderr)
