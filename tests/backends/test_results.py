@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import event
 
 import persistq_async as pq
-from tests.backends.conftest import FakeClock
+from tests.conftest import FakeClock
 
 
 async def take(q: pq.Queue) -> pq.Job:
