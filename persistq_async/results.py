@@ -22,7 +22,8 @@ import anyio
 
 from ._checks import check_int, check_seconds
 from ._types import FINISHED_STATES, JobState
-from .errors import JobCancelled, JobFailed, JobNotFound, SerializationError
+from .errors import JobCancelled, JobFailed, JobNotFound
+from .job import decode
 
 if TYPE_CHECKING:
     from ._types import Serializer
@@ -222,10 +223,7 @@ class ResultMethods:
             raise JobCancelled(job_id, outcome.last_error, outcome.attempts)
         if outcome.result is None:
             return None
-        try:
-            return self.serializer.loads(outcome.result)
-        except Exception as exc:
-            raise SerializationError(f"job {job_id}: its result cannot be decoded: {exc}") from exc
+        return decode(self.serializer, outcome.result, job_id)
 
     async def call(
         self,

@@ -93,15 +93,19 @@ class Scheduler:
                             tick=dedupe_key(tick.schedule, tick.tick_at),
                         )
                     due = await store.next_schedule_due(queues)
-                await self._maybe_clean(store)
+                if due is not None:
+                    await self._maybe_clean(store)
             if due is not None:
                 wait = due - store.clock()
                 earliest = wait if earliest is None else min(earliest, wait)
         return earliest
 
     async def _maybe_clean(self, store: JobStore) -> None:
+        # Not at start: a worker that restarts often (or many starting together) would each
+        # add a write; the first cleaning comes an interval after the first look.
         now = anyio.current_time()
-        if now - self._cleaned_at.get(store.where, -float("inf")) < TICK_CLEAN_INTERVAL:
+        last = self._cleaned_at.setdefault(store.where, now)
+        if now - last < TICK_CLEAN_INTERVAL:
             return
         self._cleaned_at[store.where] = now
         await store.clean_ticks(store.clock() - store.options.retention_seconds)

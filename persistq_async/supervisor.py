@@ -46,7 +46,8 @@ DEFAULT_RESTART_PERIOD = 60.0
 
 
 class Supervisor:
-    """Runs consumer pools with heartbeats, timeouts, lease rescue and restarts.
+    """Runs consumer pools with heartbeats, timeouts, lease rescue and restarts, and fires the
+    periodic jobs of its pools' queues (:mod:`persistq_async.scheduler`).
 
     ``async with Supervisor() as sup: await sup.add(queue, handler, concurrency=10)``.
     Leaving the block stops claiming, waits up to ``grace`` seconds for running handlers, then
