@@ -28,6 +28,8 @@ from .errors import (
     DatabaseError,
     DatabaseNotFound,
     JobAlreadyFinished,
+    JobCancelled,
+    JobFailed,
     JobNotFound,
     JobStateError,
     LeaseLost,
@@ -44,6 +46,7 @@ from .logformat import JSONFormatter
 from .monitoring import HealthCheck, HealthReport, PoolInfo, Stats, WorkerInfo
 from .pool import Pool
 from .queue import Queue
+from .schedules import ScheduleInfo
 from .serializers import JSONSerializer
 from .supervisor import Supervisor
 
@@ -70,6 +73,8 @@ __all__ = [
     "JSONSerializer",
     "Job",
     "JobAlreadyFinished",
+    "JobCancelled",
+    "JobFailed",
     "JobInfo",
     "JobNotFound",
     "JobState",
@@ -86,6 +91,7 @@ __all__ = [
     "QueueLagRule",
     "Reject",
     "Retry",
+    "ScheduleInfo",
     "SchemaError",
     "SerializationError",
     "Serializer",

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from ._cli import commands, watch
+from ._cli import commands, schedules, watch
 from ._cli.durations import duration
 from ._cli.output import error
 from ._http import Listener, Response, Route, bind, parse_address, serve
@@ -118,11 +118,39 @@ async def _demo(path: Path, shown: str | None = None) -> None:
                     f"  attempt {attempt.attempt}: {attempt.outcome}"
                     + (f" - {error[-1]}" if error else "")
                 )
+    await _demo_schedule_and_result(path)
     if shown is not None:
         print(f"the demo's database is kept in {path}; see it in a browser with")
         print(f"  persistq dashboard --url {shown} --token <a secret of yours>")
     else:
         print("(`persistq demo --db demo.db` keeps the database, for `persistq dashboard`)")
+
+
+async def _demo_schedule_and_result(path: Path) -> None:
+    """The demo's second part: a schedule firing each second, and a result awaited."""
+    async with Queue(path, name="demo-reports") as q:
+        await q.schedule("heartbeat", cron="* * * * * *", payload={"task": "heartbeat"})
+        print("schedule 'heartbeat' declared: cron '* * * * * *' (every second)")
+        ticks: list[Job] = []
+        two_ticks = anyio.Event()
+
+        async def reporter(job: Job) -> Any:
+            if job.payload["task"] == "heartbeat":
+                ticks.append(job)
+                print(f"  heartbeat tick {job.run_at:%H:%M:%S} enqueued as job {job.id}")
+                if len(ticks) >= 2:
+                    two_ticks.set()
+                return None
+            return {"total": sum(job.payload["numbers"])}
+
+        async with Supervisor(grace=2.0) as sup:
+            await sup.add(q, reporter, concurrency=2, name="reporters")
+            with anyio.fail_after(30):
+                answer = await q.call({"task": "sum", "numbers": [1, 2, 3]}, timeout=30)
+                print(f"awaited result of a job: {answer}")
+                await two_ticks.wait()
+        await q.unschedule("heartbeat")
+        print(f"schedule 'heartbeat' fired {len(ticks)} times, one job per tick; removed")
 
 
 # ---------------------------------------------------------------------- worker
@@ -245,6 +273,41 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _schedules(args: argparse.Namespace) -> int:
+    """``persistq schedules``: every schedule (of ``--queue`` when given) with its next run."""
+    async with Queue(args.url, name=args.queue) as q:
+        records = await q.store.schedules(args.queue if args.queue_given else None)
+        infos = [schedule_info(record, q.serializer) for record in records]
+    rows = [
+        {
+            "name": i.name,
+            "queue": i.queue,
+            "spec": i.spec,
+            "next_run_at": i.next_run_at.isoformat() if i.next_run_at else None,
+            "last_tick_at": i.last_tick_at.isoformat() if i.last_tick_at else None,
+            "paused": i.paused,
+            "catch_up": i.catch_up,
+        }
+        for i in infos
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no schedules")
+        return 0
+    cols = ["name", "queue", "spec", "next run"]
+    table = [
+        [r["name"], r["queue"], r["spec"], "paused" if r["paused"] else str(r["next_run_at"])]
+        for r in rows
+    ]
+    widths = [max(len(c), *(len(str(row[n])) for row in table)) for n, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
 # ---------------------------------------------------------------------- arguments
 
 
@@ -315,6 +378,7 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parsers(sub, common)
     watch.add_parser(sub, common)
+    schedules.add_parser(sub, common)
     return parser
 
 

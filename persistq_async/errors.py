@@ -12,6 +12,8 @@ Every error the library raises on purpose derives from :class:`PersistQError`::
     ├── JobStateError (also ValueError)        the job's state forbids the operation
     ├── LeaseLost                              the lease expired or was revoked or re-taken
     ├── JobAlreadyFinished                     this delivery was already acked, nacked or failed
+    ├── JobFailed                              an awaited job ended dead (result, call)
+    ├── JobCancelled                           an awaited job was cancelled (result, call)
     ├── DatabaseError                          the database failed; wraps the driver's error
     │   ├── SchemaError                        the database is not ours, or newer than this library
     │   └── DatabaseNotFound                   no queue database there, and create=False
@@ -30,6 +32,8 @@ __all__ = [
     "DatabaseError",
     "DatabaseNotFound",
     "JobAlreadyFinished",
+    "JobCancelled",
+    "JobFailed",
     "JobNotFound",
     "JobStateError",
     "LeaseLost",
@@ -85,6 +89,36 @@ class LeaseLost(PersistQError):
 
 class JobAlreadyFinished(PersistQError):
     """Raised when a delivery is acked, nacked or failed a second time."""
+
+
+class JobFailed(PersistQError):
+    """Raised when an awaited job (:meth:`Queue.result`, :meth:`Queue.call`) ended dead.
+
+    :param job_id: the job.
+    :param error: its last error, as recorded.
+    :param attempts: the deliveries it had.
+    """
+
+    def __init__(self, job_id: int, error: str | None, attempts: int) -> None:
+        super().__init__(f"job {job_id} is dead after {attempts} attempt(s): {error or 'no error'}")
+        self.job_id = job_id
+        self.error = error
+        self.attempts = attempts
+
+
+class JobCancelled(PersistQError):
+    """Raised when an awaited job (:meth:`Queue.result`, :meth:`Queue.call`) was cancelled.
+
+    :param job_id: the job.
+    :param error: its last error, if any was recorded before the cancellation.
+    :param attempts: the deliveries it had.
+    """
+
+    def __init__(self, job_id: int, error: str | None, attempts: int) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+        self.error = error
+        self.attempts = attempts
 
 
 class DatabaseError(PersistQError):

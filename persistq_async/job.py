@@ -168,6 +168,7 @@ class Job:
         "_store",
         "_token",
         "attempts",
+        "dedupe_key",
         "enqueued_at",
         "headers",
         "id",
@@ -177,6 +178,7 @@ class Job:
         "priority",
         "queue",
         "tags",
+        "run_at",
     )
 
     def __init__(
@@ -206,6 +208,10 @@ class Job:
         self.enqueued_at: datetime = to_datetime(record.enqueued_at)  # type: ignore[assignment]
         #: When this lease ends unless extended.
         self.lease_expires_at: datetime = to_datetime(record.lease_expires_at)  # type: ignore[assignment]
+        #: When the job became due: for a schedule's job, the tick it was enqueued for.
+        self.run_at: datetime = to_datetime(record.run_at)  # type: ignore[assignment]
+        #: The key it was put with, if any (``schedule:NAME@TICK`` for a schedule's job).
+        self.dedupe_key: str | None = record.dedupe_key
         self._store = store
         self._token: str = record.lease_token
         #: The tags given at put.

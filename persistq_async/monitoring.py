@@ -91,6 +91,12 @@ ACTIONS = frozenset(
         "workers_pruned",
         "monitor_serving",
         "monitor_failed",
+        "schedule_saved",
+        "schedule_removed",
+        "schedule_paused",
+        "schedule_resumed",
+        "schedule_fired",
+        "schedule_ticks_skipped",
     }
 )
 

@@ -28,6 +28,7 @@ from ._checks import (
 )
 from ._crash import crash_point
 from ._jobmeta import check_headers, check_tags, encode_headers, encode_tags
+from ._queue_schedules import ScheduleMethods
 from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
@@ -36,6 +37,7 @@ from .job import Job, JobInfo, decode
 from .metrics import EventKind, JobEvent, hub
 from .monitoring import log_event
 from .observe import Monitored
+from .results import ResultMethods
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
 
@@ -64,7 +66,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Queue(QueueAdmin, Monitored):
+class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
     """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
 
     :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,

@@ -42,10 +42,12 @@ __all__ = [
     "workers",
     "meta",
     "metadata",
+    "schedules",
+    "ticks",
 ]
 
 #: Bumped by every migration; a database with a higher version is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
@@ -237,6 +239,56 @@ def _add_alerting(conn: Connection) -> None:
         table.create(conn)
 
 
+# ---------------------------------------------------------------------- schedules (version 4)
+
+# Periodic jobs (issue 15). One row per (queue, name); the scheduler fires ticks due by
+# next_run_at, and a tick row, committed with its job, makes each tick one job.
+schedules = Table(
+    "persistq_schedules",
+    metadata,
+    Column("queue", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    # exactly one of cron (in timezone) and every_seconds
+    Column("cron", Text),
+    Column("every_seconds", _Time),
+    Column("timezone", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("priority", Integer, nullable=False),
+    # None: the enqueuing queue's max_attempts option
+    Column("max_attempts", Integer),
+    # a JSON list of str
+    Column("tags", Text, nullable=False),
+    Column("catch_up", Text, nullable=False),
+    Column("catch_up_limit", Integer, nullable=False),
+    Column("misfire_grace", _Time, nullable=False),
+    # 0 or 1 (STRICT tables have no BOOLEAN)
+    Column("paused", Integer, nullable=False),
+    # the next tick to fire; None when the expression never fires again
+    Column("next_run_at", _Time),
+    Column("last_tick_at", _Time),
+    Column("created_at", _Time, nullable=False),
+    Column("updated_at", _Time, nullable=False),
+    sqlite_strict=True,
+)
+# The scheduler looks for due, unpaused schedules of its queues.
+Index("persistq_schedules_due", schedules.c.next_run_at)
+
+ticks = Table(
+    "persistq_ticks",
+    metadata,
+    # The primary key is the exactly-once fact: one row, so one job, per schedule and tick.
+    Column("queue", Text, primary_key=True),
+    Column("schedule", Text, primary_key=True),
+    Column("tick_at", _Time, primary_key=True),
+    Column("job_id", _Id, nullable=False),
+    # "pid@host" of the process that fired it (diagnostics, and the kill test)
+    Column("fired_by", Text, nullable=False),
+    Column("fired_at", _Time, nullable=False),
+    sqlite_strict=True,
+)
+# Retention: ticks are deleted with the age of finished jobs.
+Index("persistq_ticks_fired", ticks.c.fired_at)
+
 Migration = Callable[[Connection], None]
 
 
@@ -257,5 +309,11 @@ def _metrics_v2(conn: Connection) -> None:
     workers.create(conn)
 
 
+def _add_schedules(conn: Connection) -> None:
+    """Version 3 to 4: the schedules and ticks tables (periodic jobs)."""
+    for table in (schedules, ticks):
+        table.create(conn, checkfirst=True)  # with its indexes
+
+
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
-MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting]
+MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting, _add_schedules]

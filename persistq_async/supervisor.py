@@ -37,6 +37,7 @@ from .pool import DEFAULT_BLOCK_THRESHOLD, Pool, check_handler
 from .queue import Queue
 from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
 from .store.alerts import AlertStore
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     pass
@@ -61,7 +62,8 @@ RESTART_RECORD_TIMEOUT = 2.0
 
 
 class Supervisor:
-    """Runs consumer pools with heartbeats, timeouts, lease rescue and restarts.
+    """Runs consumer pools with heartbeats, timeouts, lease rescue and restarts, and fires the
+    periodic jobs of its pools' queues (:mod:`persistq_async.scheduler`).
 
     ``async with Supervisor() as sup: await sup.add(queue, handler, concurrency=10)``.
     Leaving the block stops claiming, waits up to ``grace`` seconds for running handlers, then
@@ -135,6 +137,9 @@ class Supervisor:
         self._registrar = Registrar(
             self.id, lambda: list(self._pools.values()), interval=self.registry_interval
         )
+        self._scheduler = Scheduler(
+            lambda: list({id(p.queue): p.queue for p in self._pools.values()}.values())
+        )
 
     @property
     def pools(self) -> Mapping[str, Pool]:
@@ -186,6 +191,7 @@ class Supervisor:
                         self.alerting, queues, before_tick=self._record_restarts
                     )
                     await tg.start(self._alert_evaluator.run)
+                await tg.start(self._scheduler.run)
                 task_status.started()
 
     def _heartbeat_interval(self) -> float:
@@ -292,6 +298,7 @@ class Supervisor:
         if self._heartbeat is not None:
             self._heartbeat.set_interval(min(self._heartbeat.interval, self._heartbeat_interval()))
         await self._registrar.register(queue)
+        self._scheduler.wake()
         return pool
 
     def _require_running(self) -> TaskGroup:

@@ -20,7 +20,7 @@ from ..config import DEFAULT_DATABASE_FILE, DURATION_OPTIONS, explain_options
 from ..errors import ArgumentError, JobNotFound
 from ..job import JobInfo
 from ..queue import MAX_LIST_LIMIT, Queue
-from . import monitor
+from . import monitor, schedules
 from .durations import duration, format_duration
 from .output import Output, error, info_dict, stats_cell, stats_dict, when
 
@@ -357,6 +357,7 @@ COMMANDS: dict[str, Callable[[Queue, argparse.Namespace, Output], Any]] = {
     "delete": cmd_delete,
     "purge": cmd_purge,
     "workers": monitor.cmd_workers,
+    "schedules": schedules.cmd_schedules,
 }
 
 

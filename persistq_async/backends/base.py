@@ -74,6 +74,12 @@ class Backend(abc.ABC):
     async def change_token(self, conn: AsyncConnection | None) -> int:
         """A number that changes when another connection commits (cheap to read)."""
 
+    def change_token_sees_every_commit(self) -> bool:
+        """Whether :meth:`change_token` moves on every commit of another connection (jobs
+        finishing included), or only on some (new work); waiters for finished jobs then read
+        on a ``poll_interval`` instead."""
+        return False
+
     def writer_lock(self) -> AbstractContextManager[Any] | None:
         """A lock the writer thread holds around each batch, if the backend needs one."""
         return None

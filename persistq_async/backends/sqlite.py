@@ -351,6 +351,10 @@ class SQLiteBackend(Backend):
         finally:
             cursor.close()
 
+    def change_token_sees_every_commit(self) -> bool:
+        """``PRAGMA data_version`` moves on every other connection's commit."""
+        return True
+
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """SQLite has one writer at a time; there is nothing to skip."""
         return select

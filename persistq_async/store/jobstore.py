@@ -26,11 +26,13 @@ from ..errors import DatabaseError, QueueClosed
 from ..metrics import EventKind, JobEvent, hub
 from . import admin, reads
 from . import metrics as mx
+from . import results as res
+from . import schedules as sch
 from . import transactions as tx
 from .records import AttemptRecord, ClaimResult, JobRecord, NewJob, Rescued
 from .schema_setup import create_schema
 from .statements import CLEAN_CHUNK, EXPIRED_ERROR, claim_statement
-from .wakeups import CancelListener, Wakeups
+from .wakeups import CancelListener, ChangeListener, Wakeups
 from .writer import DirectWriter, Op, ThreadWriter, Writer, wrap_db_error
 
 __all__ = ["JobStore"]
@@ -193,6 +195,14 @@ class JobStore:
     def change_event(self, queue: str) -> anyio.Event:
         """An event set when any job of ``queue`` changed state in this process."""
         return self.wakeups.change_event(queue)
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(queue)`` when jobs of ``queue`` changed state in this process."""
+        self.wakeups.add_change_listener(listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        """Undo :meth:`add_change_listener`."""
+        self.wakeups.remove_change_listener(listener)
 
     def add_cancel_listener(self, listener: CancelListener) -> None:
         """Call ``listener(queue, job_id)`` when this process cancels a job."""
@@ -579,6 +589,57 @@ class JobStore:
     async def unregister_worker(self, worker_id: str) -> int:
         """Remove a worker's row (clean shutdown)."""
         return await self.write(lambda conn: mx.unregister_worker(conn, [worker_id]))
+
+
+    async def outcomes(self, queue: str, ids: list[int]) -> dict[int, res.Outcome]:
+        """Where each of ``ids`` stands (those that exist), for result awaiters."""
+        return await self.read(lambda conn: res.outcomes(conn, queue, ids), "reading results")
+
+    # ------------------------------------------------------------------ schedules
+
+    async def save_schedule(self, new: sch.NewSchedule) -> sch.ScheduleRecord:
+        """Create or update a schedule (idempotent); returns it as stored."""
+        return await self.write(
+            lambda conn: sch.upsert(conn, new, self.clock()),
+            on_commit=lambda _: self.wakeups.notify_schedules(),
+        )
+
+    async def delete_schedule(self, queue: str, name: str) -> bool:
+        """Delete a schedule; False when there was none."""
+        return await self.write(lambda conn: sch.delete_schedule(conn, queue, name))
+
+    async def pause_schedule(self, queue: str, name: str, paused: bool) -> bool:
+        """Pause or resume a schedule; False when there is none."""
+        return await self.write(
+            lambda conn: sch.set_paused(conn, queue, name, paused, self.clock()),
+            on_commit=lambda _: self.wakeups.notify_schedules(),
+        )
+
+    async def schedules(self, queue: str | None) -> list[sch.ScheduleRecord]:
+        """The schedules of ``queue``, or of every queue."""
+        return await self.read(lambda conn: sch.list_schedules(conn, queue), "reading schedules")
+
+    async def next_schedule_due(self, queues: list[str]) -> float | None:
+        """The earliest next tick of the unpaused schedules of ``queues`` (epoch seconds)."""
+        return await self.read(lambda conn: sch.next_due(conn, queues), "reading schedules")
+
+    async def fire_schedules(
+        self, max_attempts: dict[str, int], fired_by: str
+    ) -> list[sch.FiredTick]:
+        """Enqueue the due ticks of the schedules of the queues in ``max_attempts``."""
+
+        def committed(fired: list[sch.FiredTick]) -> None:
+            for queue in sorted({tick.queue for tick in fired}):
+                self.wakeups.notify(queue, work=True)
+
+        return await self.write(
+            lambda conn: sch.fire(conn, self._ctx, max_attempts, fired_by),
+            on_commit=committed,
+        )
+
+    async def clean_ticks(self, older_than: float) -> int:
+        """Delete tick rows older than ``older_than`` (epoch seconds)."""
+        return await self.write(lambda conn: sch.clean_ticks(conn, older_than))
 
 
 def _emit_rescued(found: Sequence[Rescued]) -> None:

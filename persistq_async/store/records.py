@@ -23,7 +23,11 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewJob:
-    """One job to insert: the payload already encoded."""
+    """One job to insert: the payload already encoded.
+
+    A ``run_at`` in the past becomes the time of the insert, unless ``keep_run_at``: a
+    schedule's job keeps its tick time however late it is enqueued, so it says which tick it is.
+    """
 
     payload: bytes
     priority: int
@@ -33,6 +37,7 @@ class NewJob:
     # tags and headers in their stored form (see persistq_async._jobmeta)
     tags: str | None = None
     headers: str | None = None
+    keep_run_at: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -73,7 +73,7 @@ def _job_row(queue: str, job: NewJob, now: float) -> dict[str, Any]:
         "priority": job.priority,
         "attempts": 0,
         "max_attempts": job.max_attempts,
-        "run_at": max(job.run_at, now),
+        "run_at": job.run_at if job.keep_run_at else max(job.run_at, now),
         "enqueued_at": now,
         "created_at": now,
         "dedupe_key": job.dedupe_key,

@@ -24,6 +24,7 @@ from .writer import wrap_db_error
 __all__ = ["Wakeups"]
 
 CancelListener = Callable[[str, int], None]
+ChangeListener = Callable[[str], None]
 
 _registry: weakref.WeakSet[Wakeups] = weakref.WeakSet()
 
@@ -42,6 +43,8 @@ class Wakeups:
         self._work_events: dict[str, anyio.Event] = {}
         self._change_events: dict[str, anyio.Event] = {}
         self._cancel_listeners: list[CancelListener] = []
+        self._change_listeners: list[ChangeListener] = []
+        self._schedules_event: anyio.Event | None = None
         self._watch_conn: AsyncConnection | None = None
         self._watch_lock = anyio.Lock()
         self._watch_value = 0
@@ -87,11 +90,37 @@ class Wakeups:
             event = peer._change_events.pop(queue, None)
             if event is not None:
                 event.set()
+            for listener in list(peer._change_listeners):
+                listener(queue)
 
     def notify_all_work(self) -> None:
         """Wake the work waiters of every queue this store has waiters for."""
         for queue in list(self._work_events):
             self.notify(queue, work=True)
+
+    def schedules_event(self) -> anyio.Event:
+        """An event set when this process saved, paused or resumed a schedule (the scheduler
+        then looks again at once rather than at its next pass)."""
+        if self._schedules_event is None:
+            self._schedules_event = anyio.Event()
+        return self._schedules_event
+
+    def notify_schedules(self) -> None:
+        """Wake the schedulers of this process on this database."""
+        for peer in self._peers():
+            event, peer._schedules_event = peer._schedules_event, None
+            if event is not None:
+                event.set()
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(queue)`` whenever :meth:`notify` wakes the change waiters of a queue
+        (one callback for many waiters, where an event per waiter would cost one each)."""
+        self._change_listeners.append(listener)
+
+    def remove_change_listener(self, listener: ChangeListener) -> None:
+        """Undo :meth:`add_change_listener`."""
+        if listener in self._change_listeners:
+            self._change_listeners.remove(listener)
 
     def add_cancel_listener(self, listener: CancelListener) -> None:
         """Call ``listener(queue, job_id)`` when this process cancels a job."""

@@ -61,3 +61,15 @@ def test_the_demo_keeps_the_database_it_was_given(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "done=5 dead=1" in done.stdout
     assert db.exists()
+
+
+def test_the_demo_shows_a_schedule_firing_and_a_result_awaited(tmp_path: Path) -> None:
+    done = run_demo(tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "awaited result of a job: {'total': 6}" in out, out
+    ticks = re.findall(r"heartbeat tick (\d\d):(\d\d):(\d\d) enqueued as job (\d+)", out)
+    assert len(ticks) >= 2, out
+    seconds = [int(h) * 3600 + int(m) * 60 + int(s) for h, m, s, _ in ticks]
+    assert len(set(seconds)) == len(seconds), out  # one job per tick
+    assert "schedule 'heartbeat' fired" in out

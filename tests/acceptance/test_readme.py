@@ -65,11 +65,10 @@ def test_the_transactional_outbox_example_commits_and_rolls_back_with_the_order(
     assert done.stdout.splitlines() == ["[{'order': 42}]"], done.stdout
 
 
-def test_the_monitoring_example_prints_what_the_readme_says(tmp_path: Path) -> None:
-    heading = "## Monitoring: stats, workers, health, metrics and traces"
-    script = tmp_path / "monitoring.py"
+def run_example(tmp_path: Path, heading: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "example.py"
     script.write_text(example(heading), encoding="utf-8")
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(script)],
         cwd=tmp_path,
         capture_output=True,
@@ -77,9 +76,36 @@ def test_the_monitoring_example_prints_what_the_readme_says(tmp_path: Path) -> N
         timeout=45,
         check=False,
     )
+
+
+def test_the_monitoring_example_prints_what_the_readme_says(tmp_path: Path) -> None:
+    heading = "## Monitoring: stats, workers, health, metrics and traces"
+    done = run_example(tmp_path, heading)
     assert done.returncode == 0, done.stderr
     section = README.read_text(encoding="utf-8").split(heading, 1)[1]
     printed = re.search(r"prints\n\n```text\n(.*?)```", section, re.DOTALL)
     assert printed is not None
     assert done.stdout == printed.group(1), done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_the_periodic_jobs_example_fires_its_pulse_on_even_seconds(tmp_path: Path) -> None:
+    done = run_example(tmp_path, "## Periodic jobs")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert re.fullmatch(
+        r"nightly cron '30 2 \* \* \*' Europe/Paris next: \d{4}-\d\d-\d\d 0[01]:30:00", lines[0]
+    ), done.stdout
+    assert lines[1].startswith("pulse cron '*/2 * * * * *' UTC next: "), done.stdout
+    pulses = lines[2:]
+    assert 2 <= len(pulses) <= 3, done.stdout
+    seconds = [int(re.fullmatch(r"pulse for the tick at \d\d:\d\d:(\d\d)", p)[1]) for p in pulses]  # type: ignore[index]
+    assert all(s % 2 == 0 for s in seconds), done.stdout
+    assert len(set(seconds)) == len(seconds), done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_the_results_example_prints_a_result_and_a_failure(tmp_path: Path) -> None:
+    done = run_example(tmp_path, "## Awaiting results")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["49", "failed: rejected: negative after 1 attempt(s)"]
