@@ -47,6 +47,11 @@ ACTIONS = frozenset(
         "worker_started",
         "worker_stopping",
         "worker_stopped",
+        "queue_paused",
+        "queue_resumed",
+        "queue_flow_set",
+        "job_dead_lettered",
+        "on_dead_failed",
     }
 )
 
@@ -61,6 +66,12 @@ class Stats:
     done: int
     dead: int
     cancelled: int
+    #: Whether the queue is paused (:meth:`Queue.pause`): puts are taken, nothing is claimed.
+    paused: bool = False
+    #: The queue's rate limit (``"100/s"``), or None.
+    rate_limit: str | None = None
+    #: The most jobs of the queue running at once across every worker, or None.
+    max_running: int | None = None
 
     @property
     def total(self) -> int:

@@ -71,6 +71,11 @@ class PostgresBackend(Backend):
         """Rows another claimer holds are skipped, not waited for."""
         return select.with_for_update(skip_locked=True)
 
+    def lock_settings_row(self, select: Select[Any]) -> Select[Any] | None:
+        """``FOR UPDATE``: claims of a capped or rate-limited queue take turns on its settings
+        row, so two of them cannot both take the last slot or the last token."""
+        return select.with_for_update()
+
     def try_lock_maintenance(self, conn: Connection) -> bool:
         """A transaction-scoped advisory lock: while one worker cleans, the others skip."""
         locked = conn.execute(
