@@ -242,6 +242,12 @@ async def _inspect(args: argparse.Namespace) -> int:
         elif command == "purge":
             count = await q.purge(args.state)
             print(f"{count} {args.state} jobs deleted")
+        elif command == "pause":
+            await q.pause()
+            print(f"queue {q.name!r} paused")
+        elif command == "resume":
+            await q.resume()
+            print(f"queue {q.name!r} resumed")
     return 0
 
 
@@ -308,6 +314,14 @@ def _parser() -> argparse.ArgumentParser:
     purge = sub.add_parser("purge", help="delete every job in a state")
     common(purge)
     purge.add_argument("state", choices=[s.value for s in JobState])
+
+    for name, help_text in (
+        ("pause", "stop every worker claiming from a queue (puts are still taken)"),
+        ("resume", "let workers claim from a paused queue again"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--url", default=None, help="database path or URL (default: configured)")
+        p.add_argument("--queue", required=True, help="queue name")
     return parser
 
 

@@ -38,12 +38,17 @@ if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue
 
-__all__ = ["Execution", "Pool", "StopReason", "check_handler"]
+__all__ = ["DeadHook", "Execution", "Pool", "StopReason", "check_handler", "check_on_dead"]
 
 logger = logging.getLogger(__name__)
 
 #: How long an outcome write may take once its handler finished (it is shielded from cancel).
 OUTCOME_TIMEOUT = 30.0
+#: How long an ``on_dead`` hook may run before it is cancelled (and the failure logged).
+ON_DEAD_TIMEOUT = 30.0
+
+#: ``async def on_dead(job, error)``: called in the worker after a job it ran died.
+DeadHook = Callable[["Job", "str | None"], Awaitable[None]]
 
 
 class StopReason(enum.StrEnum):
@@ -93,6 +98,16 @@ def check_handler(handler: Any) -> Callable[[Job], Awaitable[Any]]:
     return handler  # type: ignore[no-any-return]
 
 
+def check_on_dead(hook: Any) -> DeadHook | None:
+    """None, or an ``async def on_dead(job, error)``."""
+    if hook is None:
+        return None
+    try:
+        return check_handler(hook)  # type: ignore[return-value]
+    except ArgumentTypeError as exc:
+        raise ArgumentTypeError(str(exc).replace("handler:", "on_dead:", 1)) from None
+
+
 class Pool:
     """Runs ``handler`` on the jobs of one queue, at most ``concurrency`` at a time.
 
@@ -108,6 +123,7 @@ class Pool:
         concurrency: int,
         job_timeout: float | None,
         on_crash: Callable[[Pool, BaseException], Awaitable[None]],
+        on_dead: DeadHook | None = None,
     ) -> None:
         #: The pool's unique name within its supervisor.
         self.name: str = check_name("name", name)
@@ -119,6 +135,8 @@ class Pool:
         self.job_timeout: float | None = (
             None if job_timeout is None else check_float("job_timeout", job_timeout, positive=True)
         )
+        #: Called with the job and its last error after a job this pool ran died.
+        self.on_dead: DeadHook | None = check_on_dead(on_dead)
         #: Jobs this pool finished, whatever the outcome.
         self.processed: int = 0
         #: Jobs whose handler raised or timed out.
@@ -338,15 +356,18 @@ class Pool:
                 execution.reason = StopReason.SHUTDOWN
             # Shielded and bounded: the outcome must be recorded even when the pool is being
             # cancelled, and must not hold shutdown hostage if the database is gone.
+            death: tuple[str | None] | None = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(OUTCOME_TIMEOUT):
                 try:
-                    await self._settle(execution, result, error)
+                    death = await self._settle(execution, result, error)
                 except Exception:  # an executor must never take its pool down
                     logger.exception(
                         "job %d: recording the outcome failed",
                         job.id,
                         extra={"action": "job_failed"},
                     )
+            if death is not None and self.on_dead is not None:
+                await self._call_on_dead(job, death[0])
             # A job nacked for now (or, once its lease ran out, the job of a handler that
             # ignored its cancellation) can be delivered to this pool again while this
             # delivery is still ending: the entry is then the newer delivery's.
@@ -356,8 +377,40 @@ class Pool:
             if not self.executions:
                 self._idle.set()
 
-    async def _settle(self, execution: Execution, result: Any, error: BaseException | None) -> None:
+    async def _call_on_dead(self, job: Job, error: str | None) -> None:
+        """The hook runs after the death committed: whatever it does, the job is kept."""
+        assert self.on_dead is not None
+        with anyio.move_on_after(ON_DEAD_TIMEOUT) as scope:
+            try:
+                await self.on_dead(job, error)
+            except Exception as exc:
+                log_event(
+                    logger,
+                    logging.ERROR,
+                    "on_dead_failed",
+                    f"job {job.id}: the on_dead hook failed: {type(exc).__name__}: {exc}",
+                    job_id=job.id,
+                    queue=job.queue,
+                    pool=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        if scope.cancelled_caught:
+            log_event(
+                logger,
+                logging.ERROR,
+                "on_dead_failed",
+                f"job {job.id}: the on_dead hook ran past {ON_DEAD_TIMEOUT}s and was cancelled",
+                job_id=job.id,
+                queue=job.queue,
+                pool=self.name,
+            )
+
+    async def _settle(
+        self, execution: Execution, result: Any, error: BaseException | None
+    ) -> tuple[str | None] | None:
+        """Record the delivery's outcome; ``(last error,)`` when that made the job dead."""
         job = execution.job
+        spent = job.attempts >= job.max_attempts  # a nack now makes the job dead
         elapsed = anyio.current_time() - execution.started_at
         reason = execution.reason
         if reason is None and execution.scope.cancelled_caught:
@@ -373,6 +426,7 @@ class Pool:
                 log_event(
                     logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields
                 )
+                return (message,) if spent else None
             elif reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
                 log_event(
                     logger,
@@ -391,14 +445,18 @@ class Pool:
                     **fields,
                 )
             elif isinstance(error, Retry):
-                await job.nack(delay=error.delay, error="retry requested by the handler")
+                message = "retry requested by the handler"
+                await job.nack(delay=error.delay, error=message)
                 log_event(
                     logger, logging.INFO, "job_nacked", f"job {job.id} retry requested", **fields
                 )
+                return (message,) if spent else None
             elif isinstance(error, Reject):
                 self.failed += 1
-                await job.fail(error=f"rejected: {error.reason}")
+                message = f"rejected: {error.reason}"
+                await job.fail(error=message)
                 log_event(logger, logging.INFO, "job_failed", f"job {job.id} rejected", **fields)
+                return (message,)
             elif error is not None:
                 self.failed += 1
                 text = "".join(traceback.format_exception(error))
@@ -411,13 +469,16 @@ class Pool:
                     error=f"{type(error).__name__}: {error}",
                     **fields,
                 )
+                return (text,) if spent else None
             else:
                 try:
                     await job.ack(result)
                 except SerializationError as exc:
                     self.failed += 1
-                    await job.nack(error=f"the handler's result cannot be stored: {exc}")
-                    raise
+                    message = f"the handler's result cannot be stored: {exc}"
+                    await job.nack(error=message)
+                    log_event(logger, logging.WARNING, "job_nacked", f"job {job.id}: {exc}", **fields)
+                    return (message,) if spent else None
                 log_event(
                     logger,
                     logging.INFO,
