@@ -111,7 +111,9 @@ def parse_rate_limit(text: str, *, burst: int | None = None) -> RateLimit:
     match = _TEXT.fullmatch(text)
     unit = None if match is None else _UNITS.get(match.group(2).lower())
     if match is None or unit is None:
-        raise ValueError(f"expected a count per s, m or h such as '100/s' or '5000/h', got {text!r}")
+        raise ValueError(
+            f"expected a count per s, m or h such as '100/s' or '5000/h', got {text!r}"
+        )
     count = int(match.group(1))
     if count < 1:
         raise ValueError(f"the count must be at least 1, got {text!r}")

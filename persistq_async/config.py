@@ -113,6 +113,7 @@ def _is_rate_limit(value: str) -> bool:
         return False
     return True
 
+
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
 

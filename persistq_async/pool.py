@@ -411,6 +411,7 @@ class Pool:
         """Record the delivery's outcome; ``(last error,)`` when that made the job dead."""
         job = execution.job
         spent = job.attempts >= job.max_attempts  # a nack now makes the job dead
+        death: tuple[str | None] | None = None
         elapsed = anyio.current_time() - execution.started_at
         reason = execution.reason
         if reason is None and execution.scope.cancelled_caught:
@@ -418,7 +419,7 @@ class Pool:
         fields = {"job_id": job.id, "queue": job.queue, "pool": self.name, "attempts": job.attempts}
         try:
             if job.finished:
-                return  # the handler acked, nacked or failed it itself
+                return None  # the handler acked, nacked or failed it itself
             if reason is StopReason.TIMEOUT:
                 self.failed += 1
                 message = f"timeout: the handler ran longer than job_timeout={self.job_timeout}s"
@@ -426,7 +427,7 @@ class Pool:
                 log_event(
                     logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields
                 )
-                return (message,) if spent else None
+                death = (message,) if spent else None
             elif reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
                 log_event(
                     logger,
@@ -450,13 +451,13 @@ class Pool:
                 log_event(
                     logger, logging.INFO, "job_nacked", f"job {job.id} retry requested", **fields
                 )
-                return (message,) if spent else None
+                death = (message,) if spent else None
             elif isinstance(error, Reject):
                 self.failed += 1
                 message = f"rejected: {error.reason}"
                 await job.fail(error=message)
                 log_event(logger, logging.INFO, "job_failed", f"job {job.id} rejected", **fields)
-                return (message,)
+                death = (message,)
             elif error is not None:
                 self.failed += 1
                 text = "".join(traceback.format_exception(error))
@@ -469,7 +470,7 @@ class Pool:
                     error=f"{type(error).__name__}: {error}",
                     **fields,
                 )
-                return (text,) if spent else None
+                death = (text,) if spent else None
             else:
                 try:
                     await job.ack(result)
@@ -477,15 +478,18 @@ class Pool:
                     self.failed += 1
                     message = f"the handler's result cannot be stored: {exc}"
                     await job.nack(error=message)
-                    log_event(logger, logging.WARNING, "job_nacked", f"job {job.id}: {exc}", **fields)
-                    return (message,) if spent else None
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_acked",
-                    f"job {job.id} done in {elapsed:.3f}s",
-                    **fields,
-                )
+                    log_event(
+                        logger, logging.WARNING, "job_nacked", f"job {job.id}: {exc}", **fields
+                    )
+                    death = (message,) if spent else None
+                else:
+                    log_event(
+                        logger,
+                        logging.INFO,
+                        "job_acked",
+                        f"job {job.id} done in {elapsed:.3f}s",
+                        **fields,
+                    )
         except (LeaseLost, JobAlreadyFinished) as exc:
             log_event(
                 logger,
@@ -512,3 +516,4 @@ class Pool:
                 f"job {job.id}: recording the outcome failed ({exc}); the lease will expire",
                 **fields,
             )
+        return death

@@ -127,6 +127,11 @@ class Backend(abc.ABC):
         :returns: the new id, or None when the key was held (nothing written).
         """
 
+    @abc.abstractmethod
+    def insert_settings_row(self, conn: Connection, queue: str, now: float) -> None:
+        """Insert ``queue``'s flow-control settings row with nothing set, unless it exists
+        (another process may insert it at the same moment)."""
+
     def grouped_put_rows(self) -> int:
         """How many rows the puts of several callers in one writer batch may insert with one
         statement (:meth:`insert_jobs`); 0 when such puts run one by one."""

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..schema import DEDUPE, jobs
+from ..schema import DEDUPE, jobs, queue_settings
 from .base import Backend
 
 __all__ = ["PostgresBackend"]
@@ -186,6 +186,14 @@ class PostgresBackend(Backend):
             [dict(row) for row in rows],
         )
         return [int(job_id) for job_id in result.scalars()]
+
+    def insert_settings_row(self, conn: Connection, queue: str, now: float) -> None:
+        """``INSERT ... ON CONFLICT DO NOTHING`` on the queue name."""
+        conn.execute(
+            pg_insert(queue_settings)
+            .values(queue=queue, paused=0, updated_at=now)
+            .on_conflict_do_nothing(index_elements=[queue_settings.c.queue])
+        )
 
     def insert_deduplicated(self, conn: Connection, row: Mapping[str, Any]) -> int | None:
         """``INSERT ... ON CONFLICT DO NOTHING`` on the partial dedupe index; a server database

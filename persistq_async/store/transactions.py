@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Row, case, delete, select, update
@@ -22,6 +22,7 @@ from .._types import FINISHED_STATES, JobState
 from ..backends import Backend
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
+from . import flow
 from . import statements as st
 from .records import ClaimResult, JobRecord, NewJob, attempt_row
 from .writer import BulkOp
@@ -59,6 +60,9 @@ class Context:
     clock: Clock
     where: str
     claim_statement: Any
+    #: Queues whose last claim here found a ``max_running`` cap: a job of theirs ending frees
+    #: a slot, so its outcome wakes the claimers (here, and on PostgreSQL everywhere).
+    capped: set[str] = field(default_factory=set)
 
 
 # ---------------------------------------------------------------------- puts
@@ -164,13 +168,18 @@ def claim(
         "p_token": uuid.uuid4().hex,
         "p_expires": now + lease_seconds,
     }
-    records = [JobRecord.from_row(r) for r in conn.execute(ctx.claim_statement, params)]
-    records.sort(key=lambda r: (-r.priority, r.id))
+    gate = flow.admit(conn, ctx.backend, queue, limit, now)
+    flow.note_cap(ctx.capped, queue, gate)
+    records = []
+    if gate is None or gate.limit > 0:
+        params["p_limit"] = limit if gate is None else gate.limit
+        records = [JobRecord.from_row(r) for r in conn.execute(ctx.claim_statement, params)]
+        records.sort(key=lambda r: (-r.priority, r.id))
+        flow.consumed(conn, queue, gate, len(records), now)
     next_due = None
-    if len(records) < limit:
+    if len(records) < limit and not (gate is not None and gate.paused):
         due, expiry = conn.execute(st.NEXT_DUE, {"p_queue": queue}).one()
-        candidates = [t for t in (due, expiry) if t is not None]
-        next_due = min(candidates) if candidates else None
+        next_due = flow.retry_at(gate, len(records), due, expiry, now)
     return ClaimResult(records=records, next_due_at=next_due)
 
 
@@ -215,6 +224,9 @@ def rescue(conn: Connection, ctx: Context, now: float) -> int:
             for r in rows
         ],
     )
+    flow.dead_letter_all(
+        conn, ctx.backend, [(r.queue, r.id) for r in rows if r.attempts >= r.max_attempts], now
+    )
     for r in rows:
         dead = r.attempts >= r.max_attempts
         logger.info(
@@ -236,6 +248,7 @@ def rescue(conn: Connection, ctx: Context, now: float) -> int:
 
 def _settle(
     conn: Connection,
+    ctx: Context,
     statement: Any,
     params: dict[str, Any],
     outcome: str,
@@ -256,6 +269,9 @@ def _settle(
                 outcome=outcome,
                 error=error,
             ),
+        )
+        flow.settled(
+            conn, ctx.backend, ctx.capped, str(row.queue), JobState(row.state), job_id, now
         )
         return row
     # Not running under this token: either this very outcome was applied already (a retry
@@ -285,7 +301,7 @@ def ack(
 ) -> str | None:
     """Mark a delivery done; the job's queue, or None when this ack was applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_result": result}
-    row = _settle(conn, st.ACK, params, "acked", None)
+    row = _settle(conn, ctx, st.ACK, params, "acked", None)
     return None if row is None else str(row.queue)
 
 
@@ -369,6 +385,7 @@ class AckOp(BulkOp[str | None]):
         )
         for op in ops:
             op.result = op.delivery.queue
+        flow.freed(conn, ctx.backend, ctx.capped, {op.delivery.queue for op in ops})
         return True
 
 
@@ -390,7 +407,7 @@ def nack(
         "p_run_at": max(run_at, now),
         "p_error": error,
     }
-    row = _settle(conn, st.NACK, params, "nacked", error)
+    row = _settle(conn, ctx, st.NACK, params, "nacked", error)
     if row is None:
         current = conn.execute(st.JOB_STATE, {"p_job_id": job_id}).scalar_one_or_none()
         return JobState(current or JobState.DEAD), None
@@ -402,7 +419,7 @@ def nack(
 def fail(conn: Connection, ctx: Context, job_id: int, token: str, error: str | None) -> str | None:
     """Make the job dead now, whatever its attempts; its queue, or None if applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_error": error}
-    row = _settle(conn, st.FAIL, params, "failed", error)
+    row = _settle(conn, ctx, st.FAIL, params, "failed", error)
     return None if row is None else str(row.queue)
 
 

@@ -98,9 +98,11 @@ async def test_pause_reaches_a_pool_in_another_queue_object(
 ) -> None:
     """A pool on another Queue object stops claiming once the pause committed."""
     claimed: list[int] = []
+    first = anyio.Event()
 
     async def handler(job: pq.Job) -> None:
         claimed.append(job.id)
+        first.set()
 
     async with (
         pq.Queue(backend_url, name=queue_name, poll_interval=0.05) as admin,
@@ -110,8 +112,7 @@ async def test_pause_reaches_a_pool_in_another_queue_object(
         await sup.add(worker, handler, concurrency=4)
         await admin.put("before")
         with anyio.fail_after(10):
-            while not claimed:
-                await anyio.sleep(0.02)
+            await first.wait()
             await admin.join(timeout=10)
         await admin.pause()
         ids = await admin.put_many(["during"] * 5)
@@ -270,9 +271,7 @@ async def test_a_job_that_dies_moves_to_the_dead_letter_queue(
         await job.ack()
 
 
-async def test_nack_reports_dead_for_a_dead_lettered_job(
-    backend_url: str, queue_name: str
-) -> None:
+async def test_nack_reports_dead_for_a_dead_lettered_job(backend_url: str, queue_name: str) -> None:
     async with pq.Queue(
         backend_url, name=queue_name, dead_letter_queue=f"{queue_name}.dead", max_attempts=1
     ) as q:
@@ -311,7 +310,10 @@ async def test_without_a_dead_letter_queue_a_job_stays_dead(queue: pq.Queue) -> 
 
 async def test_dead_letter_queue_set_at_run_time(backend_url: str, queue_name: str) -> None:
     dead_name = f"{queue_name}.dead"
-    async with pq.Queue(backend_url, name=queue_name) as q, pq.Queue(backend_url, name=dead_name) as dlq:
+    async with (
+        pq.Queue(backend_url, name=queue_name) as q,
+        pq.Queue(backend_url, name=dead_name) as dlq,
+    ):
         with pytest.raises(pq.ArgumentError, match="own dead-letter queue"):
             await q.set_dead_letter_queue(queue_name)
         await q.set_dead_letter_queue(dead_name)

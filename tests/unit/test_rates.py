@@ -32,7 +32,7 @@ def test_parse_rate_limit(text: str, count: int, unit: str, period: float) -> No
 
 @pytest.mark.parametrize("text", ["", "100", "100/d", "0/s", "-1/s", "1.5/s", "/s", "10/ms", "a/s"])
 def test_parse_rate_limit_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="100/s|at least 1"):
+    with pytest.raises(ValueError, match=r"100/s|at least 1"):
         parse_rate_limit(text)
 
 
