@@ -148,12 +148,15 @@ async def test_pause_stops_a_pool_and_resume_restarts_it(queue: pq.Queue) -> Non
     done: list[int] = []
     started = anyio.Event()
     release = anyio.Event()
+    slow_done = anyio.Event()
 
     async def handler(job: pq.Job) -> None:
         started.set()
         if job.payload == "slow":
             await release.wait()
         done.append(job.id)
+        if job.payload == "slow":
+            slow_done.set()
 
     async with pq.Supervisor(grace=5) as sup:
         slow = await queue.put("slow")
@@ -166,8 +169,9 @@ async def test_pause_stops_a_pool_and_resume_restarts_it(queue: pq.Queue) -> Non
         assert (await queue.stats()).queued == 2  # the pool claims nothing while paused
         release.set()  # the running job finishes normally
         with anyio.fail_after(10):
-            while slow not in done:
-                await anyio.sleep(0.01)
+            await slow_done.wait()
+            await anyio.sleep(0.1)  # its ack commits
+        assert slow in done
         assert (await queue.stats()).queued == 2
         await queue.resume()
         with anyio.fail_after(10):
