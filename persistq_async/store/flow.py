@@ -47,7 +47,6 @@ __all__ = [
     "consumed",
     "dead_letter",
     "dead_letter_all",
-    "freed",
     "note_cap",
     "read_settings",
     "retry_at",
@@ -195,7 +194,14 @@ def retry_at(
 
 
 def note_cap(capped: set[str], queue: str, gate: Gate | None) -> None:
-    """Remember whether ``queue`` had a cap at this claim (see :func:`settled`)."""
+    """Remember whether ``queue`` had a cap at this claim: in this process, a job of a capped
+    queue ending wakes the queue's claimers, as it frees a slot.
+
+    Only in this process: the process whose job ended has a claimer with a free slot of its own,
+    which takes the freed one at once. Waking every process's claimers through a notification
+    at each outcome was tried on PostgreSQL: with five processes sharing seven slots, all of
+    them raced for each slot, and throughput fell by a quarter.
+    """
     if gate is not None and gate.room is not None:
         capped.add(queue)
     else:
@@ -203,27 +209,12 @@ def note_cap(capped: set[str], queue: str, gate: Gate | None) -> None:
 
 
 def settled(
-    conn: Connection,
-    backend: Backend,
-    capped: set[str],
-    queue: str,
-    state: JobState,
-    job_id: int,
-    now: float,
+    conn: Connection, backend: Backend, queue: str, state: JobState, job_id: int, now: float
 ) -> None:
-    """In the transaction of an outcome (ack, nack, fail) that ended a running delivery: a
-    job that died goes to the dead-letter queue, and a capped queue's claimers are told that a
-    slot is free (``capped``: the queues this process last saw capped)."""
+    """In the transaction of an outcome (ack, nack, fail) that ended a running delivery: a job
+    that died goes to the dead-letter queue."""
     if state == JobState.DEAD:
         dead_letter(conn, backend, queue, [job_id], now)
-    if queue in capped:
-        backend.notify_work(conn, queue)
-
-
-def freed(conn: Connection, backend: Backend, capped: set[str], queues: set[str]) -> None:
-    """Acks written together ended deliveries of ``queues``: tell the capped ones' claimers."""
-    for queue in sorted(queues & capped):
-        backend.notify_work(conn, queue)
 
 
 def dead_letter_all(

@@ -61,7 +61,7 @@ class Context:
     where: str
     claim_statement: Any
     #: Queues whose last claim here found a ``max_running`` cap: a job of theirs ending frees
-    #: a slot, so its outcome wakes the claimers (here, and on PostgreSQL everywhere).
+    #: a slot, so its outcome wakes this process's claimers (see :func:`.flow.note_cap`).
     capped: set[str] = field(default_factory=set)
 
 
@@ -270,9 +270,7 @@ def _settle(
                 error=error,
             ),
         )
-        flow.settled(
-            conn, ctx.backend, ctx.capped, str(row.queue), JobState(row.state), job_id, now
-        )
+        flow.settled(conn, ctx.backend, str(row.queue), JobState(row.state), job_id, now)
         return row
     # Not running under this token: either this very outcome was applied already (a retry
     # after a cancelled call), or the lease is gone. Nothing was written either way.
@@ -385,7 +383,6 @@ class AckOp(BulkOp[str | None]):
         )
         for op in ops:
             op.result = op.delivery.queue
-        flow.freed(conn, ctx.backend, ctx.capped, {op.delivery.queue for op in ops})
         return True
 
 
