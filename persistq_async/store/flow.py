@@ -120,6 +120,9 @@ class Gate:
     #: The rate limit, and the tokens its bucket holds now.
     rate: RateLimit | None = None
     tokens: float = 0.0
+    #: The time the bucket's ``tokens`` are counted at: now, or a later time another claim
+    #: wrote (its clock ahead of ours, or its ``now`` taken after ours but its lock before).
+    refilled_at: float = 0.0
 
 
 def admit(
@@ -150,15 +153,18 @@ def admit(
         room = max(0, row.max_running - running)
         limit = min(limit, room)
     rate = _rate(row)
-    tokens = 0.0
+    tokens, refilled_at = 0.0, now
     if rate is not None:
         held = float(rate.burst) if row.tokens is None else row.tokens
-        tokens = rate.refill(held, now if row.refilled_at is None else row.refilled_at, now)
+        last = now if row.refilled_at is None else row.refilled_at
+        tokens = rate.refill(held, last, now)
+        # Never move the bucket's time back: the time between would be refilled twice.
+        refilled_at = max(last, now)
         limit = min(limit, rate.whole(tokens))
-    return Gate(limit=limit, room=room, rate=rate, tokens=tokens)
+    return Gate(limit=limit, room=room, rate=rate, tokens=tokens, refilled_at=refilled_at)
 
 
-def consumed(conn: Connection, queue: str, gate: Gate | None, taken: int, now: float) -> None:
+def consumed(conn: Connection, queue: str, gate: Gate | None, taken: int) -> None:
     """Take ``taken`` tokens from a rate-limited queue's bucket (in the claim transaction).
 
     A claim that took nothing writes nothing: the bucket refills the same from its last
@@ -166,7 +172,9 @@ def consumed(conn: Connection, queue: str, gate: Gate | None, taken: int, now: f
     """
     if gate is None or gate.rate is None or taken == 0:
         return
-    conn.execute(_TAKE, {"p_queue": queue, "p_tokens": gate.tokens - taken, "p_now": now})
+    conn.execute(
+        _TAKE, {"p_queue": queue, "p_tokens": gate.tokens - taken, "p_now": gate.refilled_at}
+    )
 
 
 def retry_at(

@@ -175,7 +175,7 @@ def claim(
         params["p_limit"] = limit if gate is None else gate.limit
         records = [JobRecord.from_row(r) for r in conn.execute(ctx.claim_statement, params)]
         records.sort(key=lambda r: (-r.priority, r.id))
-        flow.consumed(conn, queue, gate, len(records), now)
+        flow.consumed(conn, queue, gate, len(records))
     next_due = None
     if len(records) < limit and not (gate is not None and gate.paused):
         due, expiry = conn.execute(st.NEXT_DUE, {"p_queue": queue}).one()
