@@ -13,6 +13,7 @@ after the workers left: acked, or handed back at shutdown.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -60,7 +61,7 @@ async def stop(started: list[WorkerProcess]) -> None:
     for worker in started:
         worker.proc.send_signal(signal.SIGTERM)
     for worker in started:
-        status = await anyio.to_thread.run_sync(lambda: worker.proc.wait(timeout=60))
+        status = await anyio.to_thread.run_sync(functools.partial(worker.proc.wait, timeout=60))
         assert status == 0, worker.output()
 
 
