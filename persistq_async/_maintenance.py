@@ -105,7 +105,7 @@ class Heartbeat(Service):
             log_event(
                 logger,
                 logging.WARNING,
-                "job_cancelled",
+                "lease_lost",
                 f"job {job.id}: lease lost (cancelled, or expired and re-taken); "
                 "stopping its handler",
                 job_id=job.id,

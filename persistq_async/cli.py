@@ -13,13 +13,13 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from ._types import JobState
+from ._types import Handler, JobState
 from .errors import ArgumentError, PersistQError
 from .job import Job, JobInfo
 from .pool import check_handler
@@ -31,7 +31,7 @@ __all__ = ["load_handler", "main"]
 logger = logging.getLogger("persistq_async.cli")
 
 
-def load_handler(spec: str) -> Callable[[Job], Awaitable[Any]]:
+def load_handler(spec: str) -> Handler:
     """Import ``module.path:attribute`` and check that it is an async handler.
 
     :raises ArgumentError: the spec is malformed or does not resolve.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._types import Serializer
     from .store import AttemptRecord, JobRecord, JobStore
 
-__all__ = ["Attempt", "Job", "JobInfo", "backoff_seconds", "to_datetime"]
+__all__ = ["Attempt", "Job", "JobInfo", "backoff_seconds", "decode", "to_datetime"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class JobInfo:
         return cls(
             id=record.id,
             queue=record.queue,
-            payload=_decode(serializer, record.payload, record.id),
+            payload=decode(serializer, record.payload, record.id),
             priority=record.priority,
             attempts=record.attempts,
             max_attempts=record.max_attempts,
@@ -122,7 +122,7 @@ class JobInfo:
             lease_expires_at=to_datetime(record.lease_expires_at),
             state=record.state,
             last_error=record.last_error,
-            result=None if record.result is None else _decode(serializer, record.result, record.id),
+            result=None if record.result is None else decode(serializer, record.result, record.id),
             created_at=to_datetime(record.created_at),  # type: ignore[arg-type]
             finished_at=to_datetime(record.finished_at),
             run_at=to_datetime(record.run_at),  # type: ignore[arg-type]
@@ -131,7 +131,11 @@ class JobInfo:
         )
 
 
-def _decode(serializer: Serializer, data: bytes, job_id: int) -> Any:
+def decode(serializer: Serializer, data: bytes, job_id: int) -> Any:
+    """Decode a stored payload or result: the one decoding policy.
+
+    :raises SerializationError: naming the job, whatever the serializer raised.
+    """
     try:
         return serializer.loads(data)
     except SerializationError:
@@ -245,7 +249,7 @@ class Job:
         self._finished = "acked"
         log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)
 
-    async def nack(self, *, delay: float | Any = None, error: object = None) -> None:
+    async def nack(self, *, delay: float | timedelta | None = None, error: object = None) -> None:
         """Retry the job later: after ``delay`` seconds (float or timedelta), or after backoff.
 
         On the last attempt the job becomes dead instead.
@@ -311,7 +315,7 @@ class Job:
             queue=self.queue,
         )
 
-    async def extend(self, seconds: float | Any) -> None:
+    async def extend(self, seconds: float | timedelta) -> None:
         """Make the lease end ``seconds`` from now.
 
         :raises LeaseLost: the lease is no longer this delivery's.
@@ -321,6 +325,14 @@ class Job:
         value = check_seconds("seconds", seconds, positive=True)
         expires = await self._store.extend(self.id, self._token, value)
         self.lease_expires_at = to_datetime(expires)  # type: ignore[assignment]
+        log_event(
+            logger,
+            logging.DEBUG,
+            "job_extended",
+            f"lease extended by {value}s",
+            job_id=self.id,
+            queue=self.queue,
+        )
 
     async def __aenter__(self) -> Job:
         return self

@@ -52,6 +52,19 @@ ACTIONS = frozenset(
         "queue_flow_set",
         "job_dead_lettered",
         "on_dead_failed",
+        "job_stopped",
+        "outcome_refused",
+        "outcome_failed",
+        "result_unstorable",
+        "hook_failed",
+        "write_busy",
+        "write_failed",
+        "write_retried_alone",
+        "rollback_failed",
+        "connection_close_failed",
+        "housekeeping_failed",
+        "release_lost",
+        "lease_lost",
     }
 )
 

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._checks import check_float, check_int, check_name
 from ._crash import crash_point
+from ._types import Handler
 from .errors import (
     ArgumentTypeError,
     JobAlreadyFinished,
@@ -36,7 +37,7 @@ from .monitoring import log_event
 
 if TYPE_CHECKING:
     from .job import Job
-    from .queue import Queue
+    from .queue import Queue, Watch
 
 __all__ = ["DeadHook", "Execution", "Pool", "StopReason", "check_handler", "check_on_dead"]
 
@@ -83,7 +84,7 @@ class Execution:
         self.scope.cancel()
 
 
-def check_handler(handler: Any) -> Callable[[Job], Awaitable[Any]]:
+def check_handler(handler: Any) -> Handler:
     """A handler must be an ``async def`` function (or an object with an ``async def __call__``)."""
     if not callable(handler):
         raise ArgumentTypeError(
@@ -117,7 +118,7 @@ class Pool:
     def __init__(
         self,
         queue: Queue,
-        handler: Callable[[Job], Awaitable[Any]],
+        handler: Handler,
         *,
         name: str,
         concurrency: int,
@@ -277,24 +278,20 @@ class Pool:
 
     async def _claim_loop(self) -> None:
         queue = self.queue
-        store = queue.store
         while True:
             free = self._free_slots()
             if free == 0:
                 await self._slot_freed.wait()
                 continue
-            event = store.work_event(queue.name)
-            token = store.known_change_token()
+            watch = queue.watch(work=True)
             jobs, next_due_at = await queue.claim(free)
             for job in jobs:
                 self._start(job)
             if len(jobs) == free:
                 continue
-            await self._wait(bool(jobs), event, token, next_due_at)
+            await self._wait(bool(jobs), watch, next_due_at)
 
-    async def _wait(
-        self, running: bool, event: anyio.Event, token: int, next_due_at: float | None
-    ) -> None:
+    async def _wait(self, running: bool, watch: Watch, next_due_at: float | None) -> None:
         """Until new work may be claimable, or (when handlers run) until a slot frees up."""
         slot_freed = self._slot_freed
         async with anyio.create_task_group() as waiters:
@@ -304,7 +301,7 @@ class Pool:
                 waiters.cancel_scope.cancel()
 
             async def work_wait() -> None:
-                await self.queue.wait_for_work(event, token, next_due_at)
+                await self.queue.wait(watch, next_due_at=next_due_at)
                 waiters.cancel_scope.cancel()
 
             if running:
@@ -364,7 +361,7 @@ class Pool:
                     logger.exception(
                         "job %d: recording the outcome failed",
                         job.id,
-                        extra={"action": "job_failed"},
+                        extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
                     )
             if death is not None and self.on_dead is not None:
                 await self._call_on_dead(job, death[0])
@@ -432,7 +429,7 @@ class Pool:
                 log_event(
                     logger,
                     logging.INFO,
-                    "job_cancelled",
+                    "job_stopped",
                     f"job {job.id} stopped: {reason.value}",
                     **fields,
                 )
@@ -442,7 +439,7 @@ class Pool:
                     logger,
                     logging.INFO,
                     "job_released",
-                    f"job {job.id} handed back at shutdown",
+                    f"job {job.id} released at shutdown",
                     **fields,
                 )
             elif isinstance(error, Retry):
@@ -494,7 +491,7 @@ class Pool:
             log_event(
                 logger,
                 logging.WARNING,
-                "job_cancelled",
+                "outcome_refused",
                 f"job {job.id}: outcome not applied: {exc}",
                 **fields,
             )
@@ -502,7 +499,7 @@ class Pool:
             log_event(
                 logger,
                 logging.WARNING,
-                "job_nacked",
+                "result_unstorable",
                 f"job {job.id}: {exc}",
                 **fields,
             )
@@ -512,7 +509,7 @@ class Pool:
             log_event(
                 logger,
                 logging.ERROR,
-                "job_failed",
+                "outcome_failed",
                 f"job {job.id}: recording the outcome failed ({exc}); the lease will expire",
                 **fields,
             )

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,14 +29,9 @@ from ._crash import crash_point
 from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
-from .errors import (
-    ArgumentError,
-    ArgumentTypeError,
-    QueueClosed,
-    SerializationError,
-)
+from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
 from .flowcontrol import FlowControl, flow_options
-from .job import Job, JobInfo
+from .job import Job, JobInfo, decode
 from .monitoring import Stats, log_event
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
@@ -43,7 +39,7 @@ from .store import JobStore, NewJob
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "Watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +47,15 @@ logger = logging.getLogger(__name__)
 CLEAN_INTERVAL = 60.0
 #: Most jobs :meth:`Queue.list_jobs` returns at once.
 MAX_LIST_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Watch:
+    """What :meth:`Queue.watch` saw before a look at the queue; :meth:`Queue.wait` waits for
+    anything after it."""
+
+    event: anyio.Event
+    token: int
 
 
 class _State(enum.Enum):
@@ -295,8 +300,8 @@ class Queue(FlowControl):
 
     def _job(self, record: Any) -> Job | None:
         try:
-            payload = self.serializer.loads(record.payload)
-        except Exception as exc:
+            payload = decode(self.serializer, record.payload, record.id)
+        except SerializationError as exc:
             log_event(
                 logger,
                 logging.ERROR,
@@ -366,30 +371,38 @@ class Queue(FlowControl):
 
         :raises TimeoutError: no job became ready within ``timeout`` seconds.
         """
-        store = self.store
         wait = None if timeout is None else check_seconds("timeout", timeout)
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
-            event = store.work_event(self.name)
-            token = store.known_change_token()
+            watch = self.watch(work=True)
             jobs, next_due_at = await self.claim(1)
             if jobs:
                 return jobs[0]
             await self._maybe_clean()
             if deadline is not None and anyio.current_time() >= deadline:
                 raise TimeoutError(f"no job in queue {self.name!r} within {wait}s")
-            await self.wait_for_work(event, token, next_due_at, deadline)
+            await self.wait(watch, next_due_at=next_due_at, deadline=deadline)
 
-    async def wait_for_work(
+    def watch(self, *, work: bool) -> Watch:
+        """Begin watching this queue, *before* looking at it (claiming, counting).
+
+        Whatever happens after this call makes :meth:`wait` return: with ``work``, jobs that may
+        have become claimable; without, any change of state of the queue's jobs.
+        """
+        store = self.store
+        event = store.work_event(self.name) if work else store.change_event(self.name)
+        return Watch(event=event, token=store.known_change_token())
+
+    async def wait(
         self,
-        event: anyio.Event,
-        token: int,
-        next_due_at: float | None,
+        watch: Watch,
+        *,
+        next_due_at: float | None = None,
         deadline: float | None = None,
     ) -> None:
-        """Wait until a claim may find work: a local wake-up (``event``), a job falling due
-        (``next_due_at``, epoch seconds), another process's commit (the store's change token
-        moved from ``token``), or ``deadline`` (anyio time). Pools use it too."""
+        """The one way to wait on a queue (``get``, ``join``, pools): until what ``watch``
+        watches happened in this process, a job falls due (``next_due_at``, epoch seconds),
+        another process committed (the change token moved), or ``deadline`` (anyio time)."""
         store = self.store
         due = None
         if next_due_at is not None:
@@ -401,13 +414,13 @@ class Queue(FlowControl):
             limits = [now + self.options.poll_interval / 2]
             limits += [t for t in (deadline, due) if t is not None]
             with anyio.move_on_after(max(0.0, min(limits) - now)):
-                await event.wait()
-            if event.is_set():
+                await watch.event.wait()
+            if watch.event.is_set():
                 return
             now = anyio.current_time()
             if (due is not None and now >= due) or (deadline is not None and now >= deadline):
                 return
-            if await store.change_token() != token:
+            if await store.change_token() != watch.token:
                 return
 
     async def _maybe_clean(self) -> None:
@@ -440,17 +453,12 @@ class Queue(FlowControl):
         wait = None if timeout is None else check_seconds("timeout", timeout)
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
-            event = store.change_event(self.name)
+            watch = self.watch(work=False)
             if await store.active_count(self.name) == 0:
                 return
-            now = anyio.current_time()
-            if deadline is not None and now >= deadline:
+            if deadline is not None and anyio.current_time() >= deadline:
                 raise TimeoutError(f"queue {self.name!r} still had active jobs after {wait}s")
-            limit = now + self.options.poll_interval
-            if deadline is not None:
-                limit = min(limit, deadline)
-            with anyio.move_on_after(limit - now):
-                await event.wait()
+            await self.wait(watch, deadline=deadline)
 
     # ------------------------------------------------------------------ inspect and operate
 

@@ -11,22 +11,23 @@ from __future__ import annotations
 import gc
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._checks import check_float, check_int, check_name
 from ._maintenance import Cleaner, Heartbeat, Rescuer, Watchdog
+from ._types import Handler
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SupervisorError
 from .monitoring import log_event
 from .pool import DeadHook, Pool, check_handler, check_on_dead
 from .queue import Queue
 
 if TYPE_CHECKING:
-    from .job import Job
+    pass
 
 __all__ = ["DEFAULT_GRACE", "Supervisor"]
 
@@ -187,7 +188,7 @@ class Supervisor:
     async def add(
         self,
         queue: Queue,
-        handler: Callable[[Job], Awaitable[Any]],
+        handler: Handler,
         *,
         concurrency: int = 1,
         job_timeout: float | None = None,

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ._checks import check_int
+from ._types import Handler
 from .errors import Reject, Retry
-from .job import Job
 from .pool import check_handler
 from .queue import Queue
 
@@ -54,9 +54,7 @@ async def temporary_queue(name: str = "default", **options: Any) -> AsyncIterato
             yield queue
 
 
-async def drain(
-    queue: Queue, handler: Callable[[Job], Awaitable[Any]], *, max_jobs: int = 10_000
-) -> dict[int, Any]:
+async def drain(queue: Queue, handler: Handler, *, max_jobs: int = 10_000) -> dict[int, Any]:
     """Run ``handler`` on every job that is ready now, one at a time, as a pool would.
 
     A return acks; :class:`Retry` and other exceptions nack; :class:`Reject` fails. Jobs that

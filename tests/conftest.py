@@ -136,14 +136,54 @@ def pg_url() -> str:
     return PG_URL
 
 
+@pytest.fixture(scope="session")
+def session_pg_url() -> Iterator[str]:
+    """A PostgreSQL database for this test run alone, dropped after it.
+
+    Lease rescue and retention cleaning act on every queue of a database, and many tests move
+    an injected clock far ahead, which would expire leases of (or clean the finished jobs of)
+    another run sharing ``persistq_test`` at the same time. Queue names stay unique per test.
+    """
+    with private_pg_database("persistq_run") as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL for each backend: an SQLite file, or the test PostgreSQL database."""
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for each backend: an SQLite file, or this run's PostgreSQL database."""
     if request.param == "sqlite":
-        yield str(tmp_path / "jobs.db")
-    else:
-        assert PG_URL is not None, PG_HINT
-        yield PG_URL
+        return str(tmp_path / "jobs.db")
+    return str(request.getfixturevalue("session_pg_url"))
+
+
+@pytest.fixture
+def is_sqlite(backend_url: str) -> bool:
+    """Whether this run is on SQLite."""
+    return not backend_url.startswith("postgresql")
+
+
+#: Where an injected clock starts: a fixed epoch time in the past, so timestamps are predictable
+#: and no real-clock consumer's lease is touched by the rescues it drives.
+CLOCK_START = 1_700_000_000.0
+
+
+class FakeClock:
+    """Epoch seconds that move only when a test says so (``Queue(clock=...)``)."""
+
+    def __init__(self, now: float = CLOCK_START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand."""
+    return FakeClock()
 
 
 @pytest.fixture
@@ -155,7 +195,7 @@ def queue_name() -> str:
 @pytest.fixture
 async def queue(backend_url: str, queue_name: str) -> AsyncIterator[pq.Queue]:
     """An open queue on each backend, with short leases and polls so tests stay fast."""
-    async with pq.Queue(backend_url, name=queue_name, poll_interval=0.05) as q:
+    async with open_queue(backend_url, queue_name) as q:
         yield q
 
 

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .._rates import RateLimit
 from .._types import JobState
 from ..backends import Backend
+from ..backends.prepared import Prepared
 from ..schema import RUNNING, jobs, queue_settings
 
 __all__ = [
@@ -75,6 +76,13 @@ _TAKE = (
         refilled_at=bindparam("p_now", type_=queue_settings.c.refilled_at.type),
     )
 )
+# The statements of every claim, run on the driver's cursor (see backends/prepared.py).
+_SETTINGS_P = Prepared(_SETTINGS)
+_RUNNING_COUNT_P = Prepared(_RUNNING_COUNT)
+_TAKE_P = Prepared(_TAKE)
+#: The locked select of the settings row, per backend class (None: no lock needed).
+_LOCKED_P: dict[type[Backend], Prepared | None] = {}
+
 _DEAD_LETTER_QUEUE = select(queue_settings.c.dead_letter_queue).where(
     queue_settings.c.queue == _QUEUE
 )
@@ -133,23 +141,25 @@ def admit(
     Inside the claim transaction, after its rescue and before its claim statement.
     """
     params = {"p_queue": queue}
-    row = conn.execute(_SETTINGS, params).one_or_none()
+    row = _SETTINGS_P.one_or_none(conn, params)
     if row is None:
         return None
     if row.paused:
         return Gate(limit=0, paused=True)
     if row.rate_count is None and row.max_running is None:
         return None
-    locked = backend.lock_settings_row(_SETTINGS)
+    locked = _locked(backend)
     if locked is not None:
         # Read again under the lock: another claim may have taken tokens meanwhile.
-        row = conn.execute(locked, params).one()
+        row = locked.one_or_none(conn, params)
+        if row is None:
+            return None  # deleted meanwhile
         if row.paused:
             return Gate(limit=0, paused=True)
     limit = requested
     room = None
     if row.max_running is not None:
-        running = int(conn.execute(_RUNNING_COUNT, params).scalar_one())
+        running = int(_RUNNING_COUNT_P.scalar(conn, params))
         room = max(0, row.max_running - running)
         limit = min(limit, room)
     rate = _rate(row)
@@ -164,6 +174,14 @@ def admit(
     return Gate(limit=limit, room=room, rate=rate, tokens=tokens, refilled_at=refilled_at)
 
 
+def _locked(backend: Backend) -> Prepared | None:
+    kind = type(backend)
+    if kind not in _LOCKED_P:
+        locked = backend.lock_settings_row(_SETTINGS)
+        _LOCKED_P[kind] = None if locked is None else Prepared(locked)
+    return _LOCKED_P[kind]
+
+
 def consumed(conn: Connection, queue: str, gate: Gate | None, taken: int) -> None:
     """Take ``taken`` tokens from a rate-limited queue's bucket (in the claim transaction).
 
@@ -172,8 +190,8 @@ def consumed(conn: Connection, queue: str, gate: Gate | None, taken: int) -> Non
     """
     if gate is None or gate.rate is None or taken == 0:
         return
-    conn.execute(
-        _TAKE, {"p_queue": queue, "p_tokens": gate.tokens - taken, "p_now": gate.refilled_at}
+    _TAKE_P.rows(
+        conn, {"p_queue": queue, "p_tokens": gate.tokens - taken, "p_now": gate.refilled_at}
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,11 @@ class JobRecord:
     @classmethod
     def from_row(cls, row: Row[Any]) -> JobRecord:
         """Build from a row selected or returned with every column of ``jobs``."""
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> JobRecord:
+        """Build from every column of ``jobs`` by name."""
         return cls(
             id=m["id"],
             queue=m["queue"],

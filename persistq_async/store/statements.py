@@ -6,11 +6,12 @@ are named ``p_*`` so that a statement's inputs stand out from its columns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Integer, bindparam, case, func, insert, literal_column, select, update
 
 from .._types import JobState
+from ..backends.prepared import Prepared
 from ..schema import QUEUED, RUNNING, attempts, jobs
 
 if TYPE_CHECKING:
@@ -111,8 +112,24 @@ NEXT_DUE = select(
 )
 JOB_STATE = select(jobs.c.state).where(jobs.c.id == bindparam("p_job_id", type_=jobs.c.id.type))
 
+# The hot ones, run on the driver's cursor (see .prepared). LEASES stays Core: its IN list
+# expands with the number of ids.
+ACK_P = Prepared(ACK)
+ACK_MANY_P = Prepared(ACK_MANY)
+NACK_P = Prepared(NACK)
+FAIL_P = Prepared(FAIL)
+RELEASE_P = Prepared(RELEASE)
+EXTEND_P = Prepared(EXTEND)
+INSERT_ATTEMPT_P = Prepared(
+    INSERT_ATTEMPT.values({c: bindparam(c.key, type_=c.type) for c in attempts.c if c.key != "id"})
+)
+ATTEMPT_OUTCOMES_P = Prepared(ATTEMPT_OUTCOMES)
+EXPIRED_P = Prepared(EXPIRED)
+NEXT_DUE_P = Prepared(NEXT_DUE)
+JOB_STATE_P = Prepared(JOB_STATE)
 
-def claim_statement(backend: Backend) -> Any:
+
+def claim_statement(backend: Backend) -> Prepared:
     """Lease up to ``p_limit`` ready jobs of ``p_queue``, highest priority first, FIFO within."""
     ready = backend.lock_claim(
         select(jobs.c.id)
@@ -127,7 +144,7 @@ def claim_statement(backend: Backend) -> Any:
         .order_by(jobs.c.priority.desc(), jobs.c.id)
         .limit(bindparam("p_limit", type_=Integer()))
     )
-    return (
+    return Prepared(
         update(jobs)
         .where(jobs.c.id.in_(ready.scalar_subquery()))
         .values(

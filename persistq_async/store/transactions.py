@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, case, delete, select, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .._types import FINISHED_STATES, JobState
 from ..backends import Backend
+from ..backends.prepared import Prepared
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import flow
@@ -59,7 +60,7 @@ class Context:
     backend: Backend
     clock: Clock
     where: str
-    claim_statement: Any
+    claim_statement: Prepared
     #: Queues whose last claim here found a ``max_running`` cap: a job of theirs ending frees
     #: a slot, so its outcome wakes this process's claimers (see :func:`.flow.note_cap`).
     capped: set[str] = field(default_factory=set)
@@ -87,10 +88,10 @@ def put(conn: Connection, ctx: Context, queue: str, new: Sequence[NewJob]) -> li
     """Insert jobs; their ids, or for a held ``dedupe_key`` the holder's id."""
     now = ctx.clock()
     rows = [_job_row(queue, job, now) for job in new]
-    ctx.backend.notify_work(conn, queue)
     if any(row["dedupe_key"] is not None for row in rows):
+        ctx.backend.notify_work(conn, queue)
         return [_put_deduplicated(conn, ctx, row) for row in rows]
-    return ctx.backend.insert_jobs(conn, rows)
+    return ctx.backend.insert_jobs(conn, rows)  # which notifies
 
 
 def _put_deduplicated(conn: Connection, ctx: Context, row: dict[str, Any]) -> int:
@@ -119,6 +120,7 @@ class PutOp(BulkOp[list[int]]):
         on_commit: Callable[[list[int]], None],
     ) -> None:
         super().__init__(lambda conn: put(conn, ctx, queue, new), on_commit, kind="put")
+        self.single_statement = len(new) == 1
         self.ctx = ctx
         self.queue = queue
         self.new = new
@@ -147,8 +149,6 @@ class PutOp(BulkOp[list[int]]):
         for op in ops:
             op.result = ids[start : start + len(op.new)]
             start += len(op.new)
-        for queue in sorted({op.queue for op in ops}):
-            ctx.backend.notify_work(conn, queue)
         return True
 
 
@@ -173,19 +173,20 @@ def claim(
     records = []
     if gate is None or gate.limit > 0:
         params["p_limit"] = limit if gate is None else gate.limit
-        records = [JobRecord.from_row(r) for r in conn.execute(ctx.claim_statement, params)]
+        rows = ctx.claim_statement.rows(conn, params)
+        records = [JobRecord.from_mapping(r._asdict()) for r in rows]
         records.sort(key=lambda r: (-r.priority, r.id))
         flow.consumed(conn, queue, gate, len(records))
     next_due = None
     if len(records) < limit and not (gate is not None and gate.paused):
-        due, expiry = conn.execute(st.NEXT_DUE, {"p_queue": queue}).one()
+        due, expiry = st.NEXT_DUE_P.one_or_none(conn, {"p_queue": queue})
         next_due = flow.retry_at(gate, len(records), due, expiry, now)
     return ClaimResult(records=records, next_due_at=next_due)
 
 
 def rescue(conn: Connection, ctx: Context, now: float) -> int:
     """Move jobs whose lease expired back to queued (dead when their attempts are spent)."""
-    rows = conn.execute(st.EXPIRED, {"p_now": now}).all()
+    rows = st.EXPIRED_P.rows(conn, {"p_now": now})
     if not rows:
         return 0
     # Re-check the expiry: on PostgreSQL another process may have rescued and re-leased a
@@ -209,8 +210,8 @@ def rescue(conn: Connection, ctx: Context, now: float) -> int:
         return 0
     for queue in sorted({r.queue for r in rows}):
         ctx.backend.notify_work(conn, queue)
-    conn.execute(
-        st.INSERT_ATTEMPT,
+    st.INSERT_ATTEMPT_P.run_many(
+        conn,
         [
             attempt_row(
                 job_id=r.id,
@@ -249,17 +250,17 @@ def rescue(conn: Connection, ctx: Context, now: float) -> int:
 def _settle(
     conn: Connection,
     ctx: Context,
-    statement: Any,
+    statement: Prepared,
     params: dict[str, Any],
     outcome: str,
     error: str | None,
-) -> Row[Any] | None:
+) -> Any:
     """Apply an outcome to a running job fenced by its token; None if already applied."""
     job_id, token, now = params["p_job_id"], params["p_token"], params["p_now"]
-    row = conn.execute(statement, params).one_or_none()
+    row = statement.one_or_none(conn, params)
     if row is not None:
-        conn.execute(
-            st.INSERT_ATTEMPT,
+        st.INSERT_ATTEMPT_P.rows(
+            conn,
             attempt_row(
                 job_id=job_id,
                 attempt=row.attempts,
@@ -274,11 +275,11 @@ def _settle(
         return row
     # Not running under this token: either this very outcome was applied already (a retry
     # after a cancelled call), or the lease is gone. Nothing was written either way.
-    previous = conn.execute(st.ATTEMPT_OUTCOMES, {"p_job_id": job_id, "p_token": token})
-    outcomes = set(previous.scalars())
+    previous = st.ATTEMPT_OUTCOMES_P.rows(conn, {"p_job_id": job_id, "p_token": token})
+    outcomes = {r[0] for r in previous}
     if outcome in outcomes:
         return None
-    current = conn.execute(st.JOB_STATE, {"p_job_id": job_id}).scalar_one_or_none()
+    current = st.JOB_STATE_P.scalar(conn, {"p_job_id": job_id})
     if current is None:
         reason = "the job was deleted"
     elif current == JobState.CANCELLED or "cancelled" in outcomes:
@@ -299,7 +300,7 @@ def ack(
 ) -> str | None:
     """Mark a delivery done; the job's queue, or None when this ack was applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_result": result}
-    row = _settle(conn, ctx, st.ACK, params, "acked", None)
+    row = _settle(conn, ctx, st.ACK_P, params, "acked", None)
     return None if row is None else str(row.queue)
 
 
@@ -349,8 +350,8 @@ class AckOp(BulkOp[str | None]):
             return False
         ctx = ops[0].ctx
         now = ctx.clock()
-        updated = conn.execute(
-            st.ACK_MANY,
+        updated = st.ACK_MANY_P.run_many(
+            conn,
             [
                 {
                     "p_job_id": op.delivery.job_id,
@@ -360,14 +361,14 @@ class AckOp(BulkOp[str | None]):
                 }
                 for op in ops
             ],
-        ).rowcount
+        )
         if conn.dialect.supports_sane_multi_rowcount and updated != len(ops):
             # Cannot happen under the write lock; fail the batch (rolled back) rather than guess.
             raise DatabaseError(
                 f"writing failed on {ctx.where}: {updated} of {len(ops)} acks applied"
             )
-        conn.execute(
-            st.INSERT_ATTEMPT,
+        st.INSERT_ATTEMPT_P.run_many(
+            conn,
             [
                 attempt_row(
                     job_id=op.delivery.job_id,
@@ -404,9 +405,9 @@ def nack(
         "p_run_at": max(run_at, now),
         "p_error": error,
     }
-    row = _settle(conn, ctx, st.NACK, params, "nacked", error)
+    row = _settle(conn, ctx, st.NACK_P, params, "nacked", error)
     if row is None:
-        current = conn.execute(st.JOB_STATE, {"p_job_id": job_id}).scalar_one_or_none()
+        current = st.JOB_STATE_P.scalar(conn, {"p_job_id": job_id})
         return JobState(current or JobState.DEAD), None
     if row.state == JobState.QUEUED:
         ctx.backend.notify_work(conn, str(row.queue))
@@ -416,19 +417,19 @@ def nack(
 def fail(conn: Connection, ctx: Context, job_id: int, token: str, error: str | None) -> str | None:
     """Make the job dead now, whatever its attempts; its queue, or None if applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_error": error}
-    row = _settle(conn, ctx, st.FAIL, params, "failed", error)
+    row = _settle(conn, ctx, st.FAIL_P, params, "failed", error)
     return None if row is None else str(row.queue)
 
 
 def release(conn: Connection, ctx: Context, job_id: int, token: str, queue: str) -> bool:
     """Hand a lease back without counting the attempt; False when it was already gone."""
     now = ctx.clock()
-    row = conn.execute(st.RELEASE, {"p_job_id": job_id, "p_token": token}).one_or_none()
+    row = st.RELEASE_P.one_or_none(conn, {"p_job_id": job_id, "p_token": token})
     if row is None:
         return False  # already gone: handing back is idempotent
     ctx.backend.notify_work(conn, queue)
-    conn.execute(
-        st.INSERT_ATTEMPT,
+    st.INSERT_ATTEMPT_P.rows(
+        conn,
         attempt_row(
             job_id=job_id,
             attempt=row.attempts + 1,
@@ -446,7 +447,7 @@ def extend(conn: Connection, ctx: Context, job_id: int, token: str, seconds: flo
     """Make the lease end ``seconds`` from now; the new expiry."""
     expires = ctx.clock() + seconds
     params = {"p_job_id": job_id, "p_token": token, "p_expires": expires}
-    if conn.execute(st.EXTEND, params).one_or_none() is None:
+    if st.EXTEND_P.one_or_none(conn, params) is None:
         raise LeaseLost(f"job {job_id}: lease lost; it cannot be extended")
     return expires
 

@@ -96,6 +96,7 @@ class Op(Generic[T]):
         "on_abandon",
         "on_commit",
         "result",
+        "single_statement",
     )
 
     def __init__(
@@ -107,6 +108,9 @@ class Op(Generic[T]):
         kind: str = "write",
     ) -> None:
         self.fn = fn
+        #: Whether ``fn`` runs exactly one statement, so that alone it needs no transaction
+        #: around it (see :meth:`DirectWriter._execute`).
+        self.single_statement = False
         #: What the operation is (put, claim, ack...), for crash points and diagnostics.
         self.kind = kind
         self.on_commit = on_commit
@@ -146,7 +150,7 @@ class Op(Generic[T]):
                 if self.abandoned and self.on_abandon is not None:
                     self.on_abandon(self.result)  # type: ignore[arg-type]
             except Exception:  # a wake-up must never break the writer
-                logger.exception("post-commit hook failed")
+                logger.exception("post-commit hook failed", extra={"action": "hook_failed"})
 
 
 class BulkOp(Op[T]):
@@ -214,7 +218,11 @@ def run_batch(
             _rollback_quietly(conn)
             if is_busy(exc) and tries < MAX_BUSY_RETRIES and sleep is not None:
                 tries += 1
-                logger.debug("database busy; retrying a batch of %d", len(remaining))
+                logger.debug(
+                    "database busy; retrying a batch of %d",
+                    len(remaining),
+                    extra={"action": "write_busy"},
+                )
                 sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
@@ -224,11 +232,25 @@ def run_batch(
             return
         except Exception as exc:
             _rollback_quietly(conn)
-            logger.exception("a write batch failed unexpectedly")
+            logger.exception("a write batch failed unexpectedly", extra={"action": "write_failed"})
             for op in remaining:
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
             return
+
+
+def run_alone(conn: Connection, op: Op[Any], *, where: str) -> None:
+    """Run a single-statement ``op`` on a connection in autocommit, setting its result or
+    error. Never raises."""
+    try:
+        op.result = op.fn(conn)
+    except PersistQError as exc:
+        op.error = exc
+    except DBAPIError as exc:
+        op.error = wrap_db_error(exc, "writing", where)
+    except Exception as exc:
+        logger.exception("a write failed unexpectedly", extra={"action": "write_failed"})
+        op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
 
 
 def _claims_last(op: Op[Any]) -> bool:
@@ -264,7 +286,7 @@ def _rollback_quietly(conn: Connection) -> None:
     try:
         conn.rollback()
     except SQLAlchemyError:
-        logger.debug("rollback failed", exc_info=True)
+        logger.debug("rollback failed", exc_info=True, extra={"action": "rollback_failed"})
 
 
 class Writer(abc.ABC):
@@ -371,7 +393,11 @@ class ThreadWriter(Writer):
                 with self._lock:
                     conn.close()
             except SQLAlchemyError:
-                logger.debug("closing the write connection failed", exc_info=True)
+                logger.debug(
+                    "closing the write connection failed",
+                    exc_info=True,
+                    extra={"action": "connection_close_failed"},
+                )
 
     def _run(self, conn: Connection, batch: list[Op[Any]]) -> None:
         if self._before_batch is not None:
@@ -381,7 +407,11 @@ class ThreadWriter(Writer):
             try:
                 self._after_batch(conn)
             except Exception:  # housekeeping must never stop the writer
-                logger.debug("writer housekeeping failed", exc_info=True)
+                logger.debug(
+                    "writer housekeeping failed",
+                    exc_info=True,
+                    extra={"action": "housekeeping_failed"},
+                )
 
     def _schedule(self) -> None:
         # Dispatch a few loop iterations later, not at once: tasks woken by the last commit
@@ -443,7 +473,10 @@ class ThreadWriter(Writer):
         try:
             self._submit(op)
         except QueueClosed:
-            logger.warning("queue closed; a lease could not be handed back and will expire")
+            logger.warning(
+                "queue closed; a lease could not be released and will expire",
+                extra={"action": "release_lost"},
+            )
 
     async def flush(self) -> None:
         """Nothing to do: submitted operations run by themselves."""
@@ -485,11 +518,19 @@ class DirectWriter(Writer):
     async def _execute(self, batch: list[Op[Any]]) -> None:
         try:
             async with self._engine.connect() as conn:
-                await conn.run_sync(
-                    lambda sync_conn: run_batch(
-                        sync_conn, batch, where=self._where, is_busy=self._is_busy, sleep=None
+                if len(batch) == 1 and batch[0].single_statement:
+                    # One statement is atomic by itself: in autocommit it is one round trip,
+                    # where BEGIN and COMMIT around it would be three.
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    await conn.run_sync(
+                        lambda sync_conn: run_alone(sync_conn, batch[0], where=self._where)
                     )
-                )
+                else:
+                    await conn.run_sync(
+                        lambda sync_conn: run_batch(
+                            sync_conn, batch, where=self._where, is_busy=self._is_busy, sleep=None
+                        )
+                    )
         except DBAPIError as exc:
             error: BaseException = wrap_db_error(exc, "connecting", self._where)
         except OSError as exc:

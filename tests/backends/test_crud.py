@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import persistq_async as pq
-from tests.backends.conftest import FakeClock
+from tests.conftest import FakeClock
 
 UNKNOWN_ID = 987_654_321
 

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
-from tests.backends.conftest import CLOCK_START, FakeClock
+from tests.conftest import CLOCK_START, FakeClock
 
 
 async def test_get_nowait_on_an_empty_queue_is_none(queue: pq.Queue) -> None:

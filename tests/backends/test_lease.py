@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
-from tests.backends.conftest import CLOCK_START, FakeClock
+from tests.conftest import CLOCK_START, FakeClock
 
 
 async def test_expired_lease_is_redelivered_with_one_more_attempt(

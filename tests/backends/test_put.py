@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
-from tests.backends.conftest import CLOCK_START, FakeClock
+from tests.conftest import CLOCK_START, FakeClock
 
 PAYLOADS = [
     None,

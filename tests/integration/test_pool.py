@@ -334,7 +334,7 @@ async def test_cancel_in_another_process_reaches_the_handler_through_the_heartbe
         found = await info(q, job_id)
     assert found.state == pq.JobState.CANCELLED
     assert [a.outcome for a in found.history] == ["cancelled"]
-    lost = [r for r in records(caplog, "job_cancelled") if "lease lost" in r.getMessage()]
+    lost = [r for r in records(caplog, "lease_lost") if "lease lost" in r.getMessage()]
     assert lost
     assert lost[0].job_id == job_id  # type: ignore[attr-defined]
 

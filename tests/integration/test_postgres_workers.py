@@ -8,7 +8,7 @@ lost, each acked exactly once (its audit trail: ``expired`` deliveries, then one
 ran in two places while its lease was valid, attempts within ``max_attempts``, and no live worker
 lost a lease.
 
-The database is this suite's own (``integration_pg_url``): the workers' rescuers act on every
+The database is this run's own (``session_pg_url``): the workers' rescuers act on every
 queue of the database they use.
 """
 
@@ -79,7 +79,7 @@ def workdir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def launch(workdir: Path, integration_pg_url: str, queue_name: str) -> Iterator[Launch]:
+def launch(workdir: Path, session_pg_url: str, queue_name: str) -> Iterator[Launch]:
     """Start worker processes; every one is killed (if still running) and reaped at teardown."""
     started: list[WorkerProcess] = []
     env = {
@@ -97,7 +97,7 @@ def launch(workdir: Path, integration_pg_url: str, queue_name: str) -> Iterator[
         "--queue",
         queue_name,
         "--url",
-        integration_pg_url,
+        session_pg_url,
         "--concurrency",
         str(CONCURRENCY),
         "--grace",
@@ -140,9 +140,9 @@ async def attempt_rows(url: str, queue: str) -> dict[int, list[AttemptRow]]:
 
 
 async def test_kill_9_chaos_four_worker_processes_on_postgres_10000_jobs_each_done_once(
-    workdir: Path, launch: Launch, integration_pg_url: str, queue_name: str
+    workdir: Path, launch: Launch, session_pg_url: str, queue_name: str
 ) -> None:
-    url = integration_pg_url
+    url = session_pg_url
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     began_all = time.monotonic()

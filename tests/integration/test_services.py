@@ -16,33 +16,13 @@ import pytest
 import persistq_async as pq
 from persistq_async._maintenance import Cleaner, Heartbeat, Rescuer, Service, Watchdog
 from persistq_async.pool import Execution, Pool, StopReason
-from tests.conftest import open_queue
+from tests.conftest import CLOCK_START, FakeClock, open_queue
 
 from ._support import info, records
 
 pytestmark = pytest.mark.timeout(60)
 
-#: A fixed epoch time in the past, so no real-clock consumer's lease is touched by the rescues.
-CLOCK_START = 1_700_000_000.0
 LEASE = 10.0
-
-
-class FakeClock:
-    """Epoch seconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = CLOCK_START
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -145,7 +125,7 @@ async def test_heartbeat_stops_a_handler_whose_lease_is_lost(
     assert expired.scope.cancel_called
     assert healthy.reason is None
     assert not healthy.scope.cancel_called
-    lost = records(caplog, "job_cancelled")
+    lost = records(caplog, "lease_lost")
     assert [r.job_id for r in lost] == [expired.job.id]  # type: ignore[attr-defined]
 
 

@@ -206,7 +206,7 @@ async def test_sigterm_with_a_short_grace_hands_the_running_job_back(workdir: Pa
     assert found.state == pq.JobState.QUEUED
     assert found.attempts == 0
     assert [a.outcome for a in found.history] == ["released"]
-    assert f"job {job_id} handed back at shutdown" in worker.output
+    assert f"job {job_id} released at shutdown" in worker.output
 
 
 async def test_a_second_sigterm_stops_at_once(workdir: Path) -> None:

@@ -42,12 +42,12 @@ from hypothesis.stateful import (
 import persistq_async as pq
 from persistq_async.job import to_datetime
 from persistq_async.store import EXPIRED_ERROR
+from tests.conftest import FakeClock
 
 T = TypeVar("T")
 
-#: Where the injected clock starts; every step moves it by a multiple of 0.5 s, so the
-#: timestamps are exact in binary floating point and in microseconds.
-CLOCK_START = 1_700_000_000.0
+# The injected clock starts at CLOCK_START; every step moves it by a multiple of 0.5 s, so the
+# timestamps are exact in binary floating point and in microseconds.
 LEASE = 10.0
 DEFAULT_MAX_ATTEMPTS = 3
 QUEUE_NAME = "model"
@@ -72,16 +72,6 @@ lease_lengths = st.sampled_from([0.5, 5.0, 10.0, 30.0])
 #: Rates whose tokens per second are exact in binary, so the model's bucket is the store's.
 rate_limits = st.sampled_from([None, ("1/s", 1), ("2/s", 1), ("2/s", 2), ("60/m", 3)])
 caps = st.sampled_from([None, 1, 2, 3])
-
-
-class FakeClock:
-    """Epoch seconds that move only when the machine says so."""
-
-    def __init__(self) -> None:
-        self.now = CLOCK_START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import random
 import re
@@ -165,3 +166,53 @@ class TestUrls:
     def test_password_never_in_messages(self) -> None:
         queue = pq.Queue("postgresql+asyncpg://user:s3cret@localhost:1/db")
         assert "s3cret" not in repr(queue)
+
+
+class TestLogActions:
+    """Every log record of the package names its action, and every action is declared."""
+
+    LEVELS = frozenset({"debug", "info", "warning", "error", "exception", "critical", "log"})
+
+    def _calls(self) -> list[tuple[str, ast.Call]]:
+        calls = []
+        for path in Path(pq.__file__).parent.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute | ast.Name):
+                    calls.append((f"{path.name}:{node.lineno}", node))
+        return calls
+
+    def _actions(self, node: ast.Call) -> list[str] | None:
+        """The action names a logging call can emit; None when it names none."""
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "log_event":
+            arg = node.args[2]
+        elif (
+            isinstance(func, ast.Attribute)
+            and func.attr in self.LEVELS
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "logger"
+        ):
+            extra = next((k.value for k in node.keywords if k.arg == "extra"), None)
+            if not isinstance(extra, ast.Dict):
+                return None
+            keys = [k.value if isinstance(k, ast.Constant) else None for k in extra.keys]
+            if "action" not in keys:
+                return None
+            arg = extra.values[keys.index("action")]
+        else:
+            return []
+        names = [n.value for n in ast.walk(arg) if isinstance(n, ast.Constant)]
+        return [n for n in names if isinstance(n, str)]
+
+    def test_every_logger_call_names_a_declared_action(self) -> None:
+        missing, undeclared, seen = [], [], set()
+        for where, node in self._calls():
+            actions = self._actions(node)
+            if actions is None:
+                missing.append(where)
+                continue
+            seen.update(actions)
+            undeclared += [f"{where}: {a}" for a in actions if a not in pq.monitoring.ACTIONS]
+        assert len(seen) > 20  # the scan did find the package's records
+        assert missing == []
+        assert undeclared == []
