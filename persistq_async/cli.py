@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from ._cli import commands, schedules, watch
+from ._cli import commands, flow, schedules, watch
 from ._cli.durations import duration
 from ._cli.output import error
 from ._http import Listener, Response, Route, bind, parse_address, serve
@@ -273,41 +273,6 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _schedules(args: argparse.Namespace) -> int:
-    """``persistq schedules``: every schedule (of ``--queue`` when given) with its next run."""
-    async with Queue(args.url, name=args.queue) as q:
-        records = await q.store.schedules(args.queue if args.queue_given else None)
-        infos = [schedule_info(record, q.serializer) for record in records]
-    rows = [
-        {
-            "name": i.name,
-            "queue": i.queue,
-            "spec": i.spec,
-            "next_run_at": i.next_run_at.isoformat() if i.next_run_at else None,
-            "last_tick_at": i.last_tick_at.isoformat() if i.last_tick_at else None,
-            "paused": i.paused,
-            "catch_up": i.catch_up,
-        }
-        for i in infos
-    ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no schedules")
-        return 0
-    cols = ["name", "queue", "spec", "next run"]
-    table = [
-        [r["name"], r["queue"], r["spec"], "paused" if r["paused"] else str(r["next_run_at"])]
-        for r in rows
-    ]
-    widths = [max(len(c), *(len(str(row[n])) for row in table)) for n, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
-    for row in table:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    return 0
-
-
 # ---------------------------------------------------------------------- arguments
 
 
@@ -379,6 +344,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parsers(sub, common)
     watch.add_parser(sub, common)
     schedules.add_parser(sub, common)
+    flow.add_parser(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ._durations import parse_duration
+from ._rates import parse_rate_limit
 from .errors import ConfigError
 
 __all__ = [
@@ -83,8 +84,12 @@ _FLOAT_OPTIONS = frozenset(
 )
 #: The options that are durations (seconds); the environment and files may write them ``30s``.
 DURATION_OPTIONS = _FLOAT_OPTIONS
-_INT_OPTIONS = frozenset({"max_attempts"})
-_STR_OPTIONS = frozenset({"url", "durability"})
+_INT_OPTIONS = frozenset({"max_attempts", "max_running", "rate_burst"})
+_STR_OPTIONS = frozenset({"url", "durability", "rate_limit", "dead_letter_queue"})
+#: Options whose default is None ("not set"); None is accepted for them.
+_OPTIONAL_OPTIONS = frozenset(
+    {"url", "rate_limit", "rate_burst", "max_running", "dead_letter_queue"}
+)
 
 # Range rules, one per option: (holds for a well-typed value, what the message says otherwise).
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -97,7 +102,23 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retention_seconds": (lambda v: v >= 0, "must be >= 0"),
     "durability": (lambda v: v in ("full", "normal"), "must be 'full' or 'normal'"),
     "busy_timeout": (lambda v: v >= 0, "must be >= 0"),
+    "rate_limit": (lambda v: _is_rate_limit(v), "must be a count per s, m or h such as '100/s'"),
+    "rate_burst": (lambda v: 1 <= v <= 10**9, "must be >= 1 and <= 1000000000"),
+    "max_running": (lambda v: v >= 1, "must be >= 1"),
+    "dead_letter_queue": (
+        lambda v: v.strip() != "" and len(v) <= 200 and "\x00" not in v,
+        "must be a queue name (not empty, at most 200 characters, no NUL)",
+    ),
 }
+
+
+def _is_rate_limit(value: str) -> bool:
+    try:
+        parse_rate_limit(value)
+    except ValueError:
+        return False
+    return True
+
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
@@ -135,6 +156,15 @@ class Options:
     durability: str = DEFAULT_DURABILITY
     #: Seconds SQLite waits for another connection's lock before failing.
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    #: Flow control (kept in the database, per queue; None leaves what the database holds).
+    #: At most this many claims per second, minute or hour across every process (``"100/s"``).
+    rate_limit: str | None = None
+    #: The rate limit's token bucket size; a tenth of its count (at least 1) by default.
+    rate_burst: int | None = None
+    #: At most this many jobs of the queue running at once across every process.
+    max_running: int | None = None
+    #: The queue a job that dies moves to (queued, attempts reset, history kept).
+    dead_letter_queue: str | None = None
 
     def __post_init__(self) -> None:
         for name in OPTION_NAMES:
@@ -346,11 +376,12 @@ def _check(name: str, value: Any, source: str) -> Any:
         value = float(value)
         if not math.isfinite(value):
             raise _error(name, source, f"expected a finite number, got {value!r}")
-    elif name in _INT_OPTIONS:
+    if value is None and name in _OPTIONAL_OPTIONS:
+        return None
+    if name in _INT_OPTIONS:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _error(name, source, f"expected an integer, got {value!r}")
-    elif not isinstance(value, str) and not (name == "url" and value is None):
-        # A string option: url (which may be None) or durability.
+    elif name not in _FLOAT_OPTIONS and not isinstance(value, str):
         raise _error(name, source, f"expected a string, got {value!r}")
     holds, rule = _RULES[name]
     if not holds(value):

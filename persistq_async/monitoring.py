@@ -70,6 +70,11 @@ ACTIONS = frozenset(
         "worker_started",
         "worker_stopping",
         "worker_stopped",
+        "queue_paused",
+        "queue_resumed",
+        "queue_flow_set",
+        "job_dead_lettered",
+        "on_dead_failed",
         "job_stopped",
         "outcome_refused",
         "outcome_failed",
@@ -135,6 +140,12 @@ class Stats:
     wait_time_p50: float | None = None
     wait_time_p95: float | None = None
     wait_time_p99: float | None = None
+    #: Whether the queue is paused (:meth:`Queue.pause`): puts are taken, nothing is claimed.
+    paused: bool = False
+    #: The queue's rate limit (``"100/s"``), or None.
+    rate_limit: str | None = None
+    #: The most jobs of the queue running at once across every worker, or None.
+    max_running: int | None = None
 
     @property
     def total(self) -> int:

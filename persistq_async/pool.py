@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     from .job import Job
     from .queue import Queue, Watch
 
-__all__ = ["DEFAULT_BLOCK_THRESHOLD", "Execution", "Pool", "StopReason", "check_handler"]
+__all__ = [
+    "DEFAULT_BLOCK_THRESHOLD",
+    "DeadHook",
+    "Execution",
+    "Pool",
+    "StopReason",
+    "check_handler",
+    "check_on_dead",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,12 @@ OUTCOME_TIMEOUT = 30.0
 #: Seconds one step of a handler (from one ``await`` to the next) may hold the event loop before
 #: the handler is named as calling blocking code.
 DEFAULT_BLOCK_THRESHOLD = 0.5
+
+#: How long an ``on_dead`` hook may run before it is cancelled (and the failure logged).
+ON_DEAD_TIMEOUT = 30.0
+
+#: ``async def on_dead(job, error)``: called in the worker after a job it ran died.
+DeadHook = Callable[["Job", "str | None"], Awaitable[None]]
 
 
 class StopReason(enum.StrEnum):
@@ -101,6 +115,16 @@ def check_handler(handler: Any) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
+def check_on_dead(hook: Any) -> DeadHook | None:
+    """None, or an ``async def on_dead(job, error)``."""
+    if hook is None:
+        return None
+    try:
+        return check_handler(hook)  # type: ignore[return-value]
+    except ArgumentTypeError as exc:
+        raise ArgumentTypeError(str(exc).replace("handler:", "on_dead:", 1)) from None
+
+
 class Pool:
     """Runs ``handler`` on the jobs of one queue, at most ``concurrency`` at a time.
 
@@ -117,6 +141,7 @@ class Pool:
         job_timeout: float | None,
         on_crash: Callable[[Pool, BaseException], Awaitable[None]],
         block_threshold: float = DEFAULT_BLOCK_THRESHOLD,
+        on_dead: DeadHook | None = None,
     ) -> None:
         #: The pool's unique name within its supervisor.
         self.name: str = check_name("name", name)
@@ -128,6 +153,8 @@ class Pool:
         self.job_timeout: float | None = (
             None if job_timeout is None else check_float("job_timeout", job_timeout, positive=True)
         )
+        #: Called with the job and its last error after a job this pool ran died.
+        self.on_dead: DeadHook | None = check_on_dead(on_dead)
         #: Jobs this pool finished, whatever the outcome.
         self.processed: int = 0
         #: Jobs whose handler raised or timed out.
@@ -374,15 +401,18 @@ class Pool:
                 execution.reason = StopReason.SHUTDOWN
             # Shielded and bounded: the outcome must be recorded even when the pool is being
             # cancelled, and must not hold shutdown hostage if the database is gone.
+            death: tuple[str | None] | None = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(OUTCOME_TIMEOUT):
                 try:
-                    await self._settle(execution, result, error)
+                    death = await self._settle(execution, result, error)
                 except Exception:  # an executor must never take its pool down
                     logger.exception(
                         "job %d: recording the outcome failed",
                         job.id,
                         extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
                     )
+            if death is not None and self.on_dead is not None:
+                await self._call_on_dead(job, death[0])
             # A job nacked for now (or, once its lease ran out, the job of a handler that
             # ignored its cancellation) can be delivered to this pool again while this
             # delivery is still ending: the entry is then the newer delivery's.
@@ -411,8 +441,41 @@ class Pool:
                 blocked_seconds=round(seconds, 3),
             )
 
-    async def _settle(self, execution: Execution, result: Any, error: BaseException | None) -> None:
+    async def _call_on_dead(self, job: Job, error: str | None) -> None:
+        """The hook runs after the death committed: whatever it does, the job is kept."""
+        assert self.on_dead is not None
+        with anyio.move_on_after(ON_DEAD_TIMEOUT) as scope:
+            try:
+                await self.on_dead(job, error)
+            except Exception as exc:
+                log_event(
+                    logger,
+                    logging.ERROR,
+                    "on_dead_failed",
+                    f"job {job.id}: the on_dead hook failed: {type(exc).__name__}: {exc}",
+                    job_id=job.id,
+                    queue=job.queue,
+                    pool=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        if scope.cancelled_caught:
+            log_event(
+                logger,
+                logging.ERROR,
+                "on_dead_failed",
+                f"job {job.id}: the on_dead hook ran past {ON_DEAD_TIMEOUT}s and was cancelled",
+                job_id=job.id,
+                queue=job.queue,
+                pool=self.name,
+            )
+
+    async def _settle(
+        self, execution: Execution, result: Any, error: BaseException | None
+    ) -> tuple[str | None] | None:
+        """Record the delivery's outcome; ``(last error,)`` when that made the job dead."""
         job = execution.job
+        spent = job.attempts >= job.max_attempts  # a nack now makes the job dead
+        death: tuple[str | None] | None = None
         elapsed = anyio.current_time() - execution.started_at
         reason = execution.reason
         if reason is None and execution.scope.cancelled_caught:
@@ -420,7 +483,7 @@ class Pool:
         fields = {"job_id": job.id, "queue": job.queue, "pool": self.name, "attempts": job.attempts}
         try:
             if job.finished:
-                return  # the handler acked, nacked or failed it itself
+                return None  # the handler acked, nacked or failed it itself
             if reason is StopReason.TIMEOUT:
                 self.failed += 1
                 message = f"timeout: the handler ran longer than job_timeout={self.job_timeout}s"
@@ -440,6 +503,7 @@ class Pool:
                 log_event(
                     logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields
                 )
+                death = (message,) if spent else None
             elif reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
                 log_event(
                     logger,
@@ -458,14 +522,18 @@ class Pool:
                     **fields,
                 )
             elif isinstance(error, Retry):
-                await job.nack(delay=error.delay, error="retry requested by the handler")
+                message = "retry requested by the handler"
+                await job.nack(delay=error.delay, error=message)
                 log_event(
                     logger, logging.INFO, "job_nacked", f"job {job.id} retry requested", **fields
                 )
+                death = (message,) if spent else None
             elif isinstance(error, Reject):
                 self.failed += 1
-                await job.fail(error=f"rejected: {error.reason}")
+                message = f"rejected: {error.reason}"
+                await job.fail(error=message)
                 log_event(logger, logging.INFO, "job_failed", f"job {job.id} rejected", **fields)
+                death = (message,)
             elif error is not None:
                 self.failed += 1
                 text = "".join(traceback.format_exception(error))
@@ -478,20 +546,26 @@ class Pool:
                     error=f"{type(error).__name__}: {error}",
                     **fields,
                 )
+                death = (text,) if spent else None
             else:
                 try:
                     await job.ack(result)
                 except SerializationError as exc:
                     self.failed += 1
-                    await job.nack(error=f"the handler's result cannot be stored: {exc}")
-                    raise
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_acked",
-                    f"job {job.id} done in {elapsed:.3f}s",
-                    **fields,
-                )
+                    message = f"the handler's result cannot be stored: {exc}"
+                    await job.nack(error=message)
+                    log_event(
+                        logger, logging.WARNING, "job_nacked", f"job {job.id}: {exc}", **fields
+                    )
+                    death = (message,) if spent else None
+                else:
+                    log_event(
+                        logger,
+                        logging.INFO,
+                        "job_acked",
+                        f"job {job.id} done in {elapsed:.3f}s",
+                        **fields,
+                    )
         except (LeaseLost, JobAlreadyFinished) as exc:
             log_event(
                 logger,
@@ -518,3 +592,4 @@ class Pool:
                 f"job {job.id}: recording the outcome failed ({exc}); the lease will expire",
                 **fields,
             )
+        return death

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 import logging
 import os
@@ -33,10 +34,11 @@ from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
+from .flowcontrol import FlowControl, flow_options
 from .job import Job, JobInfo, decode
 from .metrics import EventKind, JobEvent, hub
-from .monitoring import log_event
-from .observe import Monitored
+from .monitoring import Stats, log_event
+from .observe import DEFAULT_STATS_WINDOW, Monitored
 from .results import ResultMethods
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
@@ -66,7 +68,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
+class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods, FlowControl):
     """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
 
     :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,
@@ -80,7 +82,9 @@ class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         :class:`~persistq_async.errors.DatabaseNotFound` and nothing is created.
     :param options: any option of :class:`~persistq_async.config.Options` (``lease_seconds``,
         ``max_attempts``, ``backoff_base``, ``backoff_max``, ``poll_interval``,
-        ``retention_seconds``, ``durability``, ``busy_timeout``).
+        ``retention_seconds``, ``durability``, ``busy_timeout``; flow control: ``rate_limit``,
+        ``rate_burst``, ``max_running``, ``dead_letter_queue``, written to the database when
+        the queue opens).
     :raises ConfigError: an unknown or ill-typed option.
     """
 
@@ -120,6 +124,7 @@ class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         self._create = create
         # False for a sibling(), which uses the store of the queue it came from.
         self._owns_store = True
+        self._flow_options = flow_options(self.name, self.options)
         self._state = _State.UNOPENED
         self._store: JobStore | None = None
         self._last_clean = -float("inf")
@@ -139,6 +144,12 @@ class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
             backend_for(self.url, self.options, create=self._create), clock=self._clock
         )
         await store.__aenter__()
+        if self._flow_options:
+            try:
+                await store.set_flow(self.name, self._flow_options)
+            except BaseException:
+                await store.aclose()
+                raise
         self._store = store
         self._state = _State.OPEN
         return self
@@ -526,6 +537,18 @@ class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
             await self.wait(watch, deadline=deadline)
 
     # ------------------------------------------------------------------ inspect and operate
+
+    async def stats(self, window: float | timedelta = DEFAULT_STATS_WINDOW) -> Stats:
+        """This queue as the database sees it (see :meth:`.Monitored.stats`), and its flow
+        control: paused or not, the rate limit and the cap on running jobs."""
+        stats = await super().stats(window)
+        flow = await self.store.flow_settings(self.name)
+        return dataclasses.replace(
+            stats,
+            paused=flow.paused,
+            rate_limit=None if flow.rate_limit is None else str(flow.rate_limit),
+            max_running=flow.max_running,
+        )
 
     async def job(self, job_id: int) -> JobInfo | None:
         """The job with this id in this queue, with its history; None if there is none."""

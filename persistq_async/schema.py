@@ -44,10 +44,11 @@ __all__ = [
     "metadata",
     "schedules",
     "ticks",
+    "queue_settings",
 ]
 
 #: Bumped by every migration; a database with a higher version is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
@@ -289,6 +290,26 @@ ticks = Table(
 # Retention: ticks are deleted with the age of finished jobs.
 Index("persistq_ticks_fired", ticks.c.fired_at)
 
+# Flow control, one row per queue that has any (issue 16): pause, the rate limit and its token
+# bucket, the cap on running jobs, the dead-letter queue. A queue without a row has none.
+queue_settings = Table(
+    "persistq_queue_settings",
+    metadata,
+    Column("queue", Text, primary_key=True),
+    Column("paused", Integer, nullable=False, server_default=text("0")),
+    # the rate limit: rate_count per rate_unit ('s', 'm' or 'h'), bucket of rate_burst tokens
+    Column("rate_count", Integer),
+    Column("rate_unit", Text),
+    Column("rate_burst", Integer),
+    # the bucket: tokens held at refilled_at (epoch seconds), updated by claims
+    Column("tokens", _Time),
+    Column("refilled_at", _Time),
+    Column("max_running", Integer),
+    Column("dead_letter_queue", Text),
+    Column("updated_at", _Time, nullable=False),
+    sqlite_strict=True,
+)
+
 Migration = Callable[[Connection], None]
 
 
@@ -315,5 +336,10 @@ def _add_schedules(conn: Connection) -> None:
         table.create(conn, checkfirst=True)  # with its indexes
 
 
+def _add_queue_settings(conn: Connection) -> None:
+    """Version 4 to 5: the flow-control settings table."""
+    queue_settings.create(conn, checkfirst=True)
+
+
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
-MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting, _add_schedules]
+MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting, _add_schedules, _add_queue_settings]

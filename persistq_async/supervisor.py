@@ -33,7 +33,7 @@ from .errors import (
 )
 from .metrics import EventKind, hub
 from .monitoring import log_event
-from .pool import DEFAULT_BLOCK_THRESHOLD, Pool, check_handler
+from .pool import DEFAULT_BLOCK_THRESHOLD, DeadHook, Pool, check_handler, check_on_dead
 from .queue import Queue
 from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
 from .store.alerts import AlertStore
@@ -259,6 +259,7 @@ class Supervisor:
         concurrency: int = 1,
         job_timeout: float | None = None,
         name: str | None = None,
+        on_dead: DeadHook | None = None,
     ) -> Pool:
         """Create and start a pool running ``handler`` on ``queue``'s jobs.
 
@@ -266,6 +267,10 @@ class Supervisor:
         :param job_timeout: seconds before a handler is cancelled and its job nacked; None for
             no limit.
         :param name: unique among this supervisor's pools; the queue's name by default.
+        :param on_dead: ``async def on_dead(job, error)``, awaited in this worker after a job
+            the pool ran died (its last attempt failed or timed out, or it was rejected), once
+            the death (and any move to the dead-letter queue) is committed; a hook that raises
+            is logged (``on_dead_failed``), the job is kept either way.
         :raises ArgumentError: duplicate name, concurrency < 1, job_timeout <= 0.
         :raises ArgumentTypeError: the handler is not an ``async def`` function.
         :raises QueueClosed: the queue is not open, or the supervisor is not running.
@@ -277,6 +282,7 @@ class Supervisor:
             )
         queue.store  # noqa: B018 - raises QueueClosed when the queue is not open
         check_handler(handler)
+        check_on_dead(on_dead)
         pool_name = check_name("name", queue.name if name is None else name)
         if pool_name in self._pools:
             raise ArgumentError(f"name: a pool named {pool_name!r} already exists")
@@ -288,6 +294,7 @@ class Supervisor:
             job_timeout=job_timeout,
             on_crash=self._on_crash,
             block_threshold=self.block_threshold,
+            on_dead=on_dead,
         )
         self._pools[pool_name] = pool
         try:

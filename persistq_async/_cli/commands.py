@@ -20,7 +20,7 @@ from ..config import DEFAULT_DATABASE_FILE, DURATION_OPTIONS, explain_options
 from ..errors import ArgumentError, JobNotFound
 from ..job import JobInfo
 from ..queue import MAX_LIST_LIMIT, Queue
-from . import monitor, schedules
+from . import flow, monitor, schedules
 from .durations import duration, format_duration
 from .output import Output, error, info_dict, stats_cell, stats_dict, when
 
@@ -358,6 +358,8 @@ COMMANDS: dict[str, Callable[[Queue, argparse.Namespace, Output], Any]] = {
     "purge": cmd_purge,
     "workers": monitor.cmd_workers,
     "schedules": schedules.cmd_schedules,
+    "pause": flow.cmd_pause,
+    "resume": flow.cmd_resume,
 }
 
 

@@ -70,6 +70,12 @@ class Backend(abc.ABC):
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """Make the claim's inner select skip rows other transactions hold, where that applies."""
 
+    def lock_settings_row(self, select: Select[Any]) -> Select[Any] | None:
+        """The select of a queue's settings row, locked until the claim transaction ends, or None
+        where write transactions already run one at a time (SQLite's write lock): a claim that
+        counts running jobs or takes rate-limit tokens must not interleave with another's."""
+        return None
+
     @abc.abstractmethod
     async def change_token(self, conn: AsyncConnection | None) -> int:
         """A number that changes when another connection commits (cheap to read)."""
@@ -135,6 +141,11 @@ class Backend(abc.ABC):
 
         :returns: the new id, or None when the key was held (nothing written).
         """
+
+    @abc.abstractmethod
+    def insert_settings_row(self, conn: Connection, queue: str, now: float) -> None:
+        """Insert ``queue``'s flow-control settings row with nothing set, unless it exists
+        (another process may insert it at the same moment)."""
 
     def grouped_put_rows(self) -> int:
         """How many rows the puts of several callers in one writer batch may insert with one

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..schema import DEDUPE, jobs
+from ..schema import DEDUPE, jobs, queue_settings
 from .base import Backend
 from .prepared import Prepared
 
@@ -96,6 +96,11 @@ class PostgresBackend(Backend):
     def lock_claim(self, select: Select[Any]) -> Select[Any]:
         """Rows another claimer holds are skipped, not waited for."""
         return select.with_for_update(skip_locked=True)
+
+    def lock_settings_row(self, select: Select[Any]) -> Select[Any] | None:
+        """``FOR UPDATE``: claims of a capped or rate-limited queue take turns on its settings
+        row, so two of them cannot both take the last slot or the last token."""
+        return select.with_for_update()
 
     def try_lock_maintenance(self, conn: Connection) -> bool:
         """A transaction-scoped advisory lock: while one worker cleans, the others skip."""
@@ -210,6 +215,14 @@ class PostgresBackend(Backend):
         for queue in sorted({str(row["queue"]) for row in rows}):
             self.notify_work(conn, queue)
         return [int(job_id) for job_id in result.scalars()]
+
+    def insert_settings_row(self, conn: Connection, queue: str, now: float) -> None:
+        """``INSERT ... ON CONFLICT DO NOTHING`` on the queue name."""
+        conn.execute(
+            pg_insert(queue_settings)
+            .values(queue=queue, paused=0, updated_at=now)
+            .on_conflict_do_nothing(index_elements=[queue_settings.c.queue])
+        )
 
     def grouped_put_rows(self) -> int:
         """The single puts of a batch go in as one multi-row ``INSERT ... RETURNING``."""

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from ..errors import DatabaseError, DatabaseNotFound, SchemaError
-from ..schema import APPLICATION_ID, DEDUPE, jobs
+from ..schema import APPLICATION_ID, DEDUPE, jobs, queue_settings
 from .base import Backend
 
 if TYPE_CHECKING:
@@ -427,6 +427,14 @@ class SQLiteBackend(Backend):
     def wal_warn_bytes(self) -> int:
         """:data:`WAL_WARN_BYTES`, the size past which the writer reports ``wal_growing``."""
         return WAL_WARN_BYTES
+
+    def insert_settings_row(self, conn: Connection, queue: str, now: float) -> None:
+        """``INSERT ... ON CONFLICT DO NOTHING`` on the queue name."""
+        conn.execute(
+            sqlite_insert(queue_settings)
+            .values(queue=queue, paused=0, updated_at=now)
+            .on_conflict_do_nothing(index_elements=[queue_settings.c.queue])
+        )
 
     def grouped_put_rows(self) -> int:
         """The single puts of a batch go in as one multi-row ``INSERT``."""

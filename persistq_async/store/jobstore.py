@@ -24,7 +24,7 @@ from .._types import JobState
 from ..backends import Backend
 from ..errors import DatabaseError, QueueClosed
 from ..metrics import EventKind, JobEvent, hub
-from . import admin, reads
+from . import admin, flow, reads
 from . import metrics as mx
 from . import results as res
 from . import schedules as sch
@@ -290,6 +290,19 @@ class JobStore:
             _emit_rescued(result.rescued)
         return result
 
+    async def set_flow(self, queue: str, changes: dict[str, Any]) -> None:
+        """Change ``queue``'s flow-control settings (see :func:`.flow.configure`)."""
+        await self.write(
+            lambda conn: flow.configure(conn, self.backend, queue, self.clock(), changes),
+            on_commit=self._woken(queue, work=True),
+        )
+
+    async def flow_settings(self, queue: str) -> flow.FlowSettings:
+        """``queue``'s flow-control settings (all unset when it has none)."""
+        return await self.read(
+            lambda conn: flow.read_settings(conn, queue), "reading the queue's settings"
+        )
+
     async def rescue(self) -> int:
         """Move jobs whose lease expired back to queued (or to dead when attempts are spent)."""
         found: list[Rescued] = []
@@ -311,7 +324,8 @@ class JobStore:
 
     def _changed(self, queue: str | None) -> None:
         if queue is not None:
-            self.wakeups.notify(queue, work=False)
+            # A job of a capped queue ending frees a slot: wake its claimers too.
+            self.wakeups.notify(queue, work=queue in self._ctx.capped)
 
     async def ack(
         self,

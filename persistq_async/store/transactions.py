@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import case, delete, select, update
@@ -23,6 +23,7 @@ from ..backends import Backend
 from ..backends.prepared import Prepared
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
+from . import flow
 from . import statements as st
 from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row
 from .writer import BulkOp
@@ -60,6 +61,9 @@ class Context:
     clock: Clock
     where: str
     claim_statement: Prepared
+    #: Queues whose last claim here found a ``max_running`` cap: a job of theirs ending frees
+    #: a slot, so its outcome wakes this process's claimers (see :func:`.flow.note_cap`).
+    capped: set[str] = field(default_factory=set)
 
 
 # ---------------------------------------------------------------------- puts
@@ -167,13 +171,19 @@ def claim(
         "p_token": uuid.uuid4().hex,
         "p_expires": now + lease_seconds,
     }
-    records = [JobRecord.from_mapping(r._asdict()) for r in ctx.claim_statement.rows(conn, params)]
-    records.sort(key=lambda r: (-r.priority, r.id))
+    gate = flow.admit(conn, ctx.backend, queue, limit, now)
+    flow.note_cap(ctx.capped, queue, gate)
+    records = []
+    if gate is None or gate.limit > 0:
+        params["p_limit"] = limit if gate is None else gate.limit
+        rows = ctx.claim_statement.rows(conn, params)
+        records = [JobRecord.from_mapping(r._asdict()) for r in rows]
+        records.sort(key=lambda r: (-r.priority, r.id))
+        flow.consumed(conn, queue, gate, len(records))
     next_due = None
-    if len(records) < limit:
+    if len(records) < limit and not (gate is not None and gate.paused):
         due, expiry = st.NEXT_DUE_P.one_or_none(conn, {"p_queue": queue})
-        candidates = [t for t in (due, expiry) if t is not None]
-        next_due = min(candidates) if candidates else None
+        next_due = flow.retry_at(gate, len(records), due, expiry, now)
     return ClaimResult(records=records, next_due_at=next_due, rescued=rescued)
 
 
@@ -220,6 +230,9 @@ def rescue(conn: Connection, ctx: Context, now: float, found: list[Rescued] | No
             for r in rows
         ],
     )
+    flow.dead_letter_all(
+        conn, ctx.backend, [(r.queue, r.id) for r in rows if r.attempts >= r.max_attempts], now
+    )
     if found is not None:
         found.extend(
             Rescued(
@@ -248,6 +261,7 @@ def rescue(conn: Connection, ctx: Context, now: float, found: list[Rescued] | No
 
 def _settle(
     conn: Connection,
+    ctx: Context,
     statement: Prepared,
     params: dict[str, Any],
     outcome: str,
@@ -272,6 +286,7 @@ def _settle(
                 ready_at=ready_at,
             ),
         )
+        flow.settled(conn, ctx.backend, str(row.queue), JobState(row.state), job_id, now)
         return row
     # Not running under this token: either this very outcome was applied already (a retry
     # after a cancelled call), or the lease is gone. Nothing was written either way.
@@ -300,7 +315,7 @@ def ack(
 ) -> str | None:
     """Mark a delivery done; the job's queue, or None when this ack was applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_result": result}
-    row = _settle(conn, st.ACK_P, params, "acked", None)
+    row = _settle(conn, ctx, st.ACK_P, params, "acked", None)
     return None if row is None else str(row.queue)
 
 
@@ -410,7 +425,7 @@ def nack(
         "p_error": error,
         "p_ready_at": ready_at,
     }
-    row = _settle(conn, st.NACK_P, params, "nacked", error)
+    row = _settle(conn, ctx, st.NACK_P, params, "nacked", error)
     if row is None:
         current = st.JOB_STATE_P.scalar(conn, {"p_job_id": job_id})
         return JobState(current or JobState.DEAD), None
@@ -422,7 +437,7 @@ def nack(
 def fail(conn: Connection, ctx: Context, job_id: int, token: str, error: str | None) -> str | None:
     """Make the job dead now, whatever its attempts; its queue, or None if applied before."""
     params = {"p_job_id": job_id, "p_token": token, "p_now": ctx.clock(), "p_error": error}
-    row = _settle(conn, st.FAIL_P, params, "failed", error)
+    row = _settle(conn, ctx, st.FAIL_P, params, "failed", error)
     return None if row is None else str(row.queue)
 
 

@@ -130,3 +130,40 @@ async def test_cancel_after_random_short_delays(tmp_path: Path) -> None:
             await _check(q, path)
             if not job.finished:
                 await job.release()
+
+
+#: Flow-control calls, swept like the others in the test below.
+FLOW_CALLS: dict[str, Call] = {
+    "pause": lambda q, j: q.pause(),
+    "resume": lambda q, j: q.resume(),
+    "set_rate_limit": lambda q, j: q.set_rate_limit("100000/s", burst=1000),
+    "set_max_running": lambda q, j: q.set_max_running(1000),
+    "set_dead_letter_queue": lambda q, j: q.set_dead_letter_queue("sweep.dead"),
+}
+
+
+@pytest.mark.parametrize("name", sorted({*CALLS, *FLOW_CALLS}))
+async def test_cancel_with_every_limit_on(tmp_path: Path, name: str) -> None:
+    """The sweep on a capped, rate-limited queue with a dead-letter queue, the flow-control
+    calls included: a cancelled claim hands back its slot, no lock is left held."""
+    call = CALLS.get(name) or FLOW_CALLS[name]
+    path = tmp_path / "sweep.db"
+    async with pq.Queue(
+        path,
+        name="sweep",
+        poll_interval=0.05,
+        max_running=1000,
+        rate_limit="100000/s",
+        rate_burst=1000,
+        dead_letter_queue="sweep.dead",
+    ) as q:
+        for k in range(0, 31, 2):
+            job = await _prepare(q, name)
+            await _cancel(call, q, job, k=k, delay=0)
+            await _check(q, path)
+            await q.resume()  # a cancelled resume (or a pause) must not stall the next round
+            if not job.finished:
+                await job.release()
+            if name not in ("get", "get_nowait"):  # (a get that won keeps its job)
+                stats = await q.stats()
+                assert stats.running == 0, stats  # no slot of the cap left taken

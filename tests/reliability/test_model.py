@@ -3,7 +3,8 @@
 Every example opens a fresh SQLite file and runs up to ``stateful_step_count`` operations on
 it (put, put_many, claims, ack/nack/fail/extend/release, stale and repeated outcomes, cancel,
 requeue, delete, clock moves, rescue, close and reopen, a second "process" that is dropped
-without closing). The model predicts the result of each call (which job a claim leases and
+without closing, and flow control: pause and resume, ``max_running`` and a rate limit set and
+changed at any time). The model predicts the result of each call (which job a claim leases and
 its attempt number; which stale call raises ``LeaseLost`` or ``JobAlreadyFinished``), and
 after every step the invariants compare the whole database with the model: ``stats()``, each
 job's state, attempts, lease, run_at, last_error and its history (the audit trail).
@@ -19,6 +20,7 @@ refused once the lease expired *and* the job was re-taken or rescued).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import tempfile
@@ -67,6 +69,9 @@ dedupe_keys = st.sampled_from([None, None, None, "a", "b"])
 ticks = st.sampled_from([0.5, 2.5, 5.0, 9.5, 10.0, 10.5, 30.0])
 retry_delays = st.sampled_from([None, 0.0, 0.5, 5.0, 20.0])
 lease_lengths = st.sampled_from([0.5, 5.0, 10.0, 30.0])
+#: Rates whose tokens per second are exact in binary, so the model's bucket is the store's.
+rate_limits = st.sampled_from([None, ("1/s", 1), ("2/s", 1), ("2/s", 2), ("60/m", 3)])
+caps = st.sampled_from([None, 1, 2, 3])
 
 
 @dataclass
@@ -95,6 +100,22 @@ class MJob:
     def recorded(self, token: str, outcome: str) -> bool:
         """Whether the delivery with ``token`` ended with ``outcome`` (an attempt row says so)."""
         return not self.deleted and any(h[2] == token and h[1] == outcome for h in self.history)
+
+
+@dataclass
+class MFlow:
+    """The model of the queue's flow-control settings and its token bucket."""
+
+    paused: bool = False
+    cap: int | None = None
+    rate: tuple[str, int] | None = None  # (limit, burst)
+    tokens: float = 0.0
+    refilled_at: float = 0.0
+
+    def per_second(self) -> float:
+        assert self.rate is not None
+        count, unit = self.rate[0].split("/")
+        return int(count) / {"s": 1.0, "m": 60.0, "h": 3600.0}[unit]
 
 
 @dataclass
@@ -136,6 +157,7 @@ class QueueModel(RuleBasedStateMachine):
         self.jobs: dict[int, MJob] = {}
         self.deliveries: list[Delivery] = []
         self.seq = 0
+        self.flow = MFlow()
         self._open_slot()
 
     # ------------------------------------------------------------------ helpers
@@ -214,9 +236,23 @@ class QueueModel(RuleBasedStateMachine):
     def m_claim(self, limit: int) -> list[MJob]:
         self.m_rescue()
         now = self.now()
+        flow = self.flow
+        if flow.paused:
+            return []
+        if flow.cap is not None:
+            running = sum(1 for j in self.existing() if j.state == "running")
+            limit = min(limit, max(0, flow.cap - running))
+        tokens = 0.0
+        if flow.rate is not None:
+            gained = max(0.0, now - flow.refilled_at) * flow.per_second()
+            tokens = min(float(flow.rate[1]), flow.tokens + gained)
+            limit = min(limit, max(0, math.floor(tokens + 1e-3)))
         ready = [j for j in self.existing() if j.state == "queued" and j.run_at <= now]
         ready.sort(key=lambda j: (-j.priority, j.id))
         chosen = ready[:limit]
+        if flow.rate is not None and chosen:
+            flow.tokens = tokens - len(chosen)
+            flow.refilled_at = max(flow.refilled_at, now)
         for j in chosen:
             j.state = "running"
             j.attempts += 1
@@ -383,6 +419,12 @@ class QueueModel(RuleBasedStateMachine):
         assert [j.id for j in got] == [j.id for j in expected], (
             f"claim leased {[j.id for j in got]}, the model expected {[j.id for j in expected]}"
         )
+        if got and self.flow.cap is not None:
+            # A claim never takes the running count past the cap (a cap lowered below what was
+            # running already is only exceeded until those jobs end).
+            running = sum(1 for j in self.existing() if j.state == "running")
+            assert running <= self.flow.cap, (running, self.flow.cap)
+        assert not (got and self.flow.paused)
         # One claim statement leases its jobs under one token; the fence is (job id, token).
         for job, m in zip(got, expected, strict=True):
             assert job.attempts == m.attempts, (job, m.attempts)
@@ -564,6 +606,38 @@ class QueueModel(RuleBasedStateMachine):
             with pytest.raises(pq.LeaseLost):
                 self.run(coro)
 
+    # ------------------------------------------------------------------ rules: flow control
+
+    @rule(
+        qi=pick,
+        op=st.sampled_from(["pause", "resume", "resume", "cap", "rate"]),
+        cap=caps,
+        rate=rate_limits,
+    )
+    def flow_control(self, qi: int, op: str, cap: int | None, rate: tuple[str, int] | None) -> None:
+        """Pause, resume, set or clear max_running or the rate limit, through any queue object."""
+        q = self.slot(qi).q
+        flow = self.flow
+        event(f"flow: {op}")
+        if op == "pause":
+            self.run(q.pause())
+            flow.paused = True
+        elif op == "resume":
+            self.run(q.resume())
+            flow.paused = False
+        elif op == "cap":
+            self.run(q.set_max_running(cap))
+            flow.cap = cap
+        elif rate is None:
+            self.run(q.set_rate_limit(None))
+            flow.rate = None
+        else:
+            self.run(q.set_rate_limit(rate[0], burst=rate[1]))
+            if flow.rate != rate:  # a new limit starts with a full bucket; the same one keeps it
+                flow.rate = rate
+                flow.tokens = float(rate[1])
+                flow.refilled_at = self.now()
+
     # ------------------------------------------------------------------ rules: operations
 
     @precondition(lambda self: len(self.jobs) > 0)
@@ -724,6 +798,11 @@ class QueueModel(RuleBasedStateMachine):
             counts["dead"],
             counts["cancelled"],
         ), (stats, counts)
+        # Flow control, as stats report it; and the cap holds.
+        flow = self.flow
+        assert stats.paused == flow.paused
+        assert stats.max_running == flow.cap
+        assert stats.rate_limit == (None if flow.rate is None else flow.rate[0])
 
         infos = self.run(q.list_jobs(limit=10_000))
         assert [i.id for i in infos] == sorted(j.id for j in existing)
