@@ -24,7 +24,7 @@ from ._cli import commands, flow, schedules, watch
 from ._cli.durations import duration
 from ._cli.output import error
 from ._http import Listener, Response, Route, bind, parse_address, serve
-from ._types import Handler, JobState
+from ._types import Handler
 from .alerts import Alerting
 from .errors import (
     ArgumentError,
@@ -35,7 +35,7 @@ from .errors import (
     PersistQError,
     SerializationError,
 )
-from .job import Job, JobInfo
+from .job import Job
 from .logformat import JSONFormatter
 from .pool import check_handler
 from .queue import Queue

@@ -177,8 +177,8 @@ class Job:
         "payload",
         "priority",
         "queue",
-        "tags",
         "run_at",
+        "tags",
     )
 
     def __init__(

@@ -37,8 +37,8 @@ from .errors import ArgumentError, ArgumentTypeError, QueueClosed, Serialization
 from .flowcontrol import FlowControl, flow_options
 from .job import Job, JobInfo, decode
 from .metrics import EventKind, JobEvent, hub
-from .monitoring import Stats, log_event
-from .observe import DEFAULT_STATS_WINDOW, Monitored
+from .monitoring import DEFAULT_STATS_WINDOW, Stats, log_event
+from .observe import Monitored
 from .results import ResultMethods
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob

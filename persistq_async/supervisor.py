@@ -36,8 +36,8 @@ from .monitoring import log_event
 from .pool import DEFAULT_BLOCK_THRESHOLD, DeadHook, Pool, check_handler, check_on_dead
 from .queue import Queue
 from .registry import DEFAULT_REGISTRY_INTERVAL, Registrar
-from .store.alerts import AlertStore
 from .scheduler import Scheduler
+from .store.alerts import AlertStore
 
 if TYPE_CHECKING:
     pass

@@ -604,7 +604,6 @@ class JobStore:
         """Remove a worker's row (clean shutdown)."""
         return await self.write(lambda conn: mx.unregister_worker(conn, [worker_id]))
 
-
     async def outcomes(self, queue: str, ids: list[int]) -> dict[int, res.Outcome]:
         """Where each of ``ids`` stands (those that exist), for result awaiters."""
         return await self.read(lambda conn: res.outcomes(conn, queue, ids), "reading results")

@@ -111,7 +111,6 @@ def test_the_results_example_prints_a_result_and_a_failure(tmp_path: Path) -> No
     assert done.stdout.splitlines() == ["49", "failed: rejected: negative after 1 attempt(s)"]
 
 
-
 def test_the_flow_control_example_pauses_resumes_and_dead_letters(tmp_path: Path) -> None:
     done = run_example(tmp_path, "## Flow control")
     assert done.returncode == 0, done.stderr
