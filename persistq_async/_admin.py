@@ -1,5 +1,6 @@
-"""The operations of :class:`~persistq_async.Queue` that look across queues or act on many jobs:
-find a job by id in any queue, list the queues, purge and requeue in batches.
+"""The inspection and operations of :class:`~persistq_async.Queue`: read a job or a page of jobs,
+requeue, cancel and delete one; look across queues (find a job by id in any queue, list the
+queues) and act on many jobs (purge and requeue in batches).
 
 A bulk operation chooses its jobs with a read (which holds no write lock while it walks the
 index), then acts on them in write transactions of at most :data:`BULK_BATCH` jobs, each of which
@@ -10,26 +11,30 @@ is left alone.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_int, check_seconds
+from ._jobmeta import check_tags
 from ._types import FINISHED_STATES, JobState, Serializer
 from .errors import ArgumentError, ArgumentTypeError
 from .job import JobInfo
+from .metrics import EventKind, JobEvent, hub
 from .monitoring import log_event
 
 if TYPE_CHECKING:
     from .store import JobStore
 
-__all__ = ["BULK_BATCH", "QueueAdmin", "check_state"]
+__all__ = ["BULK_BATCH", "MAX_LIST_LIMIT", "QueueAdmin", "check_state"]
 
 logger = logging.getLogger("persistq_async.queue")
 
 #: Jobs one write transaction of a bulk operation (:meth:`QueueAdmin.requeue_many`,
 #: :meth:`QueueAdmin.purge`) touches: the write lock is never held for more than this many rows.
 BULK_BATCH = 500
+#: Most jobs :meth:`QueueAdmin.list_jobs` returns at once.
+MAX_LIST_LIMIT = 10_000
 
 
 def check_state(state: Any) -> JobState:
@@ -50,7 +55,8 @@ def check_state(state: Any) -> JobState:
 
 
 class QueueAdmin:
-    """The cross-queue and bulk methods of :class:`~persistq_async.Queue` (its base class)."""
+    """The inspection, single-job, cross-queue and bulk methods of :class:`~persistq_async.Queue`
+    (its base class)."""
 
     name: str
     serializer: Serializer
@@ -166,3 +172,95 @@ class QueueAdmin:
             if len(ids) < BULK_BATCH:
                 break
         return count
+
+    async def job(self, job_id: int) -> JobInfo | None:
+        """The job with this id in this queue, with its history; None if there is none."""
+        store = self.store
+        found = await store.read_job(check_int("job_id", job_id), self.name)
+        if found is None:
+            return None
+        return JobInfo.from_record(found[0], found[1], self.serializer)
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        after_id: int | None = None,
+        before_id: int | None = None,
+        every_queue: bool = False,
+        tags: Sequence[str] | None = None,
+    ) -> list[JobInfo]:
+        """Jobs of this queue (of every queue with ``every_queue``), oldest first, optionally
+        in one state and having every one of ``tags``.
+
+        Page by id (keyset): ``after_id`` the last id of the page before, or ``before_id`` the
+        first id of the page after (then the ``limit`` jobs just before it). Such a page is read
+        along an index from that id, as fast deep in a million jobs as at the start; ``offset``
+        skips rows one by one and is kept for small queues.
+
+        :raises ArgumentError: ``offset`` with a keyset, or both ``after_id`` and ``before_id``.
+        """
+        store = self.store
+        chosen = None if state is None else check_state(state)
+        wanted = check_tags(tags)
+        limit = check_int("limit", limit, minimum=1)
+        if limit > MAX_LIST_LIMIT:
+            raise ArgumentError(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
+        offset = check_int("offset", offset, minimum=0)
+        after = None if after_id is None else check_int("after_id", after_id, minimum=0)
+        before = None if before_id is None else check_int("before_id", before_id, minimum=0)
+        if after is not None and before is not None:
+            raise ArgumentError("after_id and before_id: give one or the other, not both")
+        if offset and (after is not None or before is not None):
+            raise ArgumentError("offset: not with after_id or before_id (keyset pages)")
+        queue = None if every_queue else self.name
+        if offset:
+            if queue is None:
+                raise ArgumentError("offset: not with every_queue; page with after_id")
+            found = await store.list_jobs(queue, chosen, limit, offset, tags=wanted)
+        else:
+            found = await store.list_page(queue, chosen, limit, after, before, tags=wanted)
+        return [JobInfo.from_record(r, h, self.serializer) for r, h in found]
+
+    async def requeue(self, job_id: int) -> None:
+        """Put a dead, cancelled or done job back in the queue, attempts reset, history kept.
+
+        :raises JobNotFound: no such job in this queue.
+        :raises JobStateError: the job is queued or running.
+        """
+        await self.store.requeue(check_int("job_id", job_id), self.name)
+        log_event(
+            logger, logging.INFO, "job_requeued", "job requeued", job_id=job_id, queue=self.name
+        )
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a queued or running job; its lease is revoked.
+
+        :returns: False when the job had already finished.
+        :raises JobNotFound: no such job in this queue.
+        """
+        cancelled = await self.store.cancel(check_int("job_id", job_id), self.name)
+        if cancelled:
+            if hub.observed:
+                hub.emit(JobEvent(kind=EventKind.JOB_CANCELLED, queue=self.name, job_id=job_id))
+            log_event(
+                logger,
+                logging.INFO,
+                "job_cancelled",
+                "job cancelled",
+                job_id=job_id,
+                queue=self.name,
+            )
+        return cancelled
+
+    async def delete(self, job_id: int) -> None:
+        """Delete a job and its history.
+
+        :raises JobNotFound: no such job in this queue.
+        """
+        await self.store.delete(check_int("job_id", job_id), self.name)
+        log_event(
+            logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name
+        )

@@ -7,13 +7,15 @@ claim), so they hold for every process that shares it and outlive restarts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ._checks import check_int, check_optional_str
 from ._rates import RateLimit, parse_rate_limit
 from .errors import ArgumentError, ArgumentTypeError, ConfigError
-from .monitoring import log_event
+from .monitoring import DEFAULT_STATS_WINDOW, Stats, log_event
 
 if TYPE_CHECKING:
     from .config import Options
@@ -111,6 +113,18 @@ class FlowControl:
             f"dead-letter queue set to {target!r}",
             queue=self.name,
             dead_letter_queue=target,
+        )
+
+    async def stats(self, window: float | timedelta = DEFAULT_STATS_WINDOW) -> Stats:
+        """This queue as the database sees it (see :meth:`.Monitored.stats`), and its flow
+        control: paused or not, the rate limit and the cap on running jobs."""
+        stats: Stats = await super().stats(window)  # type: ignore[misc]
+        flow = await self.store.flow_settings(self.name)
+        return dataclasses.replace(
+            stats,
+            paused=flow.paused,
+            rate_limit=None if flow.rate_limit is None else str(flow.rate_limit),
+            max_running=flow.max_running,
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import enum
 import logging
 import os
@@ -18,7 +17,7 @@ import anyio
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from ._admin import QueueAdmin, check_state
+from ._admin import QueueAdmin
 from ._checks import (
     check_aware,
     check_float,
@@ -30,14 +29,14 @@ from ._checks import (
 from ._crash import crash_point
 from ._jobmeta import check_headers, check_tags, encode_headers, encode_tags
 from ._queue_schedules import ScheduleMethods
-from ._types import JobState, Serializer
+from ._types import Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
 from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
 from .flowcontrol import FlowControl, flow_options
-from .job import Job, JobInfo, decode
+from .job import Job, decode
 from .metrics import EventKind, JobEvent, hub
-from .monitoring import DEFAULT_STATS_WINDOW, Stats, log_event
+from .monitoring import log_event
 from .observe import Monitored
 from .results import ResultMethods
 from .serializers import JSONSerializer
@@ -49,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 #: How often an idle queue deletes finished jobs past ``retention_seconds``.
 CLEAN_INTERVAL = 60.0
-#: Most jobs :meth:`Queue.list_jobs` returns at once.
-MAX_LIST_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,7 +65,7 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods, FlowControl):
+class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
     """A named queue of jobs in a database: ``async with Queue("jobs.db", name="emails") as q``.
 
     :param url: a file path (an SQLite file), a SQLAlchemy async URL (``sqlite+aiosqlite://...``,
@@ -535,109 +532,3 @@ class Queue(QueueAdmin, Monitored, ScheduleMethods, ResultMethods, FlowControl):
             if deadline is not None and anyio.current_time() >= deadline:
                 raise TimeoutError(f"queue {self.name!r} still had active jobs after {wait}s")
             await self.wait(watch, deadline=deadline)
-
-    # ------------------------------------------------------------------ inspect and operate
-
-    async def stats(self, window: float | timedelta = DEFAULT_STATS_WINDOW) -> Stats:
-        """This queue as the database sees it (see :meth:`.Monitored.stats`), and its flow
-        control: paused or not, the rate limit and the cap on running jobs."""
-        stats = await super().stats(window)
-        flow = await self.store.flow_settings(self.name)
-        return dataclasses.replace(
-            stats,
-            paused=flow.paused,
-            rate_limit=None if flow.rate_limit is None else str(flow.rate_limit),
-            max_running=flow.max_running,
-        )
-
-    async def job(self, job_id: int) -> JobInfo | None:
-        """The job with this id in this queue, with its history; None if there is none."""
-        store = self.store
-        found = await store.read_job(check_int("job_id", job_id), self.name)
-        if found is None:
-            return None
-        return JobInfo.from_record(found[0], found[1], self.serializer)
-
-    async def list_jobs(
-        self,
-        *,
-        state: JobState | str | None = None,
-        limit: int = 100,
-        offset: int = 0,
-        after_id: int | None = None,
-        before_id: int | None = None,
-        every_queue: bool = False,
-        tags: Sequence[str] | None = None,
-    ) -> list[JobInfo]:
-        """Jobs of this queue (of every queue with ``every_queue``), oldest first, optionally
-        in one state and having every one of ``tags``.
-
-        Page by id (keyset): ``after_id`` the last id of the page before, or ``before_id`` the
-        first id of the page after (then the ``limit`` jobs just before it). Such a page is read
-        along an index from that id, as fast deep in a million jobs as at the start; ``offset``
-        skips rows one by one and is kept for small queues.
-
-        :raises ArgumentError: ``offset`` with a keyset, or both ``after_id`` and ``before_id``.
-        """
-        store = self.store
-        chosen = None if state is None else check_state(state)
-        wanted = check_tags(tags)
-        limit = check_int("limit", limit, minimum=1)
-        if limit > MAX_LIST_LIMIT:
-            raise ArgumentError(f"limit: at most {MAX_LIST_LIMIT}, got {limit}")
-        offset = check_int("offset", offset, minimum=0)
-        after = None if after_id is None else check_int("after_id", after_id, minimum=0)
-        before = None if before_id is None else check_int("before_id", before_id, minimum=0)
-        if after is not None and before is not None:
-            raise ArgumentError("after_id and before_id: give one or the other, not both")
-        if offset and (after is not None or before is not None):
-            raise ArgumentError("offset: not with after_id or before_id (keyset pages)")
-        queue = None if every_queue else self.name
-        if offset:
-            if queue is None:
-                raise ArgumentError("offset: not with every_queue; page with after_id")
-            found = await store.list_jobs(queue, chosen, limit, offset, tags=wanted)
-        else:
-            found = await store.list_page(queue, chosen, limit, after, before, tags=wanted)
-        return [JobInfo.from_record(r, h, self.serializer) for r, h in found]
-
-    async def requeue(self, job_id: int) -> None:
-        """Put a dead, cancelled or done job back in the queue, attempts reset, history kept.
-
-        :raises JobNotFound: no such job in this queue.
-        :raises JobStateError: the job is queued or running.
-        """
-        await self.store.requeue(check_int("job_id", job_id), self.name)
-        log_event(
-            logger, logging.INFO, "job_requeued", "job requeued", job_id=job_id, queue=self.name
-        )
-
-    async def cancel(self, job_id: int) -> bool:
-        """Cancel a queued or running job; its lease is revoked.
-
-        :returns: False when the job had already finished.
-        :raises JobNotFound: no such job in this queue.
-        """
-        cancelled = await self.store.cancel(check_int("job_id", job_id), self.name)
-        if cancelled:
-            if hub.observed:
-                hub.emit(JobEvent(kind=EventKind.JOB_CANCELLED, queue=self.name, job_id=job_id))
-            log_event(
-                logger,
-                logging.INFO,
-                "job_cancelled",
-                "job cancelled",
-                job_id=job_id,
-                queue=self.name,
-            )
-        return cancelled
-
-    async def delete(self, job_id: int) -> None:
-        """Delete a job and its history.
-
-        :raises JobNotFound: no such job in this queue.
-        """
-        await self.store.delete(check_int("job_id", job_id), self.name)
-        log_event(
-            logger, logging.INFO, "job_deleted", "job deleted", job_id=job_id, queue=self.name
-        )

@@ -15,11 +15,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .._admin import MAX_LIST_LIMIT
 from .._types import FINISHED_STATES, JobState
 from ..config import DEFAULT_DATABASE_FILE, DURATION_OPTIONS, explain_options
 from ..errors import ArgumentError, JobNotFound
 from ..job import JobInfo
-from ..queue import MAX_LIST_LIMIT, Queue
+from ..queue import Queue
 from . import flow, monitor, schedules
 from .durations import duration, format_duration
 from .output import Output, error, info_dict, stats_cell, stats_dict, when
