@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import threading
 import time
@@ -203,3 +204,34 @@ def open_queue(url: str, name: str, **options: Any) -> pq.Queue:
     """A queue with test-friendly defaults; options override them."""
     options.setdefault("poll_interval", 0.05)
     return pq.Queue(url, name=name, **options)
+
+
+#: Databases written by the first release (schema 1): ``schema_v1.db``, and
+#: ``schema_v1_postgresql.sql`` (``pg_dump --inserts``), each with five jobs in queue
+#: ``legacy``: one done, one dead (nacked, then failed), two queued, and one (``n`` = 3) delayed
+#: until 2100, so that it stays scheduled whenever the tests run.
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+async def _load_pg_dump(url: str, sql: str) -> None:
+    import asyncpg  # only when PostgreSQL tests run
+
+    target = make_url(url).set(drivername="postgresql")
+    conn = await asyncpg.connect(target.render_as_string(hide_password=False))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def v1_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database at schema 1, as the first release left it (see :data:`FIXTURES`)."""
+    if request.param == "sqlite":
+        path = tmp_path / "legacy.db"
+        shutil.copy(FIXTURES / "schema_v1.db", path)
+        yield str(path)
+        return
+    with private_pg_database("persistq_v1") as url:
+        asyncio.run(_load_pg_dump(url, (FIXTURES / "schema_v1_postgresql.sql").read_text()))
+        yield url

@@ -6,10 +6,8 @@ service and several worker processes are in ``tests/integration/test_scheduler_p
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -269,20 +267,11 @@ async def test_tick_rows_past_retention_are_cleaned(
             assert left.scalar_one() == 0
 
 
-async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(db_path: Path) -> None:
-    async with pq.Queue(db_path, name="q") as q:
-        job_id = await q.put("old")
-    # Make it what version 1 wrote: no schedules or ticks tables, version 1.
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("DROP TABLE persistq_ticks")
-        conn.execute("DROP TABLE persistq_schedules")
-        conn.execute("UPDATE persistq_meta SET value = '1' WHERE key = 'schema_version'")
-    async with pq.Queue(db_path, name="q") as q:
-        assert (await q.job(job_id)) is not None
+async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(v1_url: str) -> None:
+    # The first release's database (tests/conftest.py: v1_url) gains the schedules tables.
+    async with pq.Queue(v1_url, name="legacy") as q:
+        assert [i.payload["n"] for i in await q.list_jobs()] == [1, 2, 3, 4, 5]
         await q.schedule("tick", every=60)
         assert [s.name for s in await q.schedules()] == ["tick"]
-    with sqlite3.connect(db_path) as conn:
-        version = conn.execute(
-            "SELECT value FROM persistq_meta WHERE key = 'schema_version'"
-        ).fetchone()
-    assert version == (str(schema.SCHEMA_VERSION),)
+        health = await q.health(require_workers=False, max_lag=10**9)
+        assert health.schema_version == schema.SCHEMA_VERSION

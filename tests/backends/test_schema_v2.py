@@ -1,52 +1,21 @@
 """Schema 2 (tags, headers, attempts' ready time, the worker registry) on a database that the
 previous release wrote.
 
-``tests/fixtures/schema_v1.db`` and ``schema_v1_postgresql.sql`` (``pg_dump --inserts``) were
-written by the code of main before schema 2, with five jobs in queue ``legacy``: one done, one
-dead (nacked, then failed), two queued and one delayed by an hour.
+The database comes from the ``v1_url`` fixture of tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import pytest
 from sqlalchemy import inspect
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import persistq_async as pq
 from persistq_async import schema
-from tests.conftest import private_pg_database
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
-
-
-async def _load_pg_dump(url: str, sql: str) -> None:
-    import asyncpg
-
-    target = make_url(url).set(drivername="postgresql")
-    conn = await asyncpg.connect(target.render_as_string(hide_password=False))
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def v1_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database at schema 1, as the previous release left it."""
-    if request.param == "sqlite":
-        path = tmp_path / "legacy.db"
-        shutil.copy(FIXTURES / "schema_v1.db", path)
-        yield str(path)
-        return
-    with private_pg_database("persistq_v1") as url:
-        anyio.run(_load_pg_dump, url, (FIXTURES / "schema_v1_postgresql.sql").read_text())
-        yield url
 
 
 async def _columns(url: str, table: str) -> set[str]:
