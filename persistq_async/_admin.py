@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
+
 from ._checks import check_int, check_seconds
 from ._types import FINISHED_STATES, JobState, Serializer
 from .errors import ArgumentError, ArgumentTypeError
@@ -155,6 +158,9 @@ class QueueAdmin:
         seen = count = 0
         after = 0
         while True:
+            # The reads and writes below are shielded (each completes whole): a cancellation
+            # takes effect here, between two batches.
+            await anyio.lowlevel.checkpoint()
             ids = await store.select_ids(self.name, state, cutoff, after, BULK_BATCH)
             if not ids:
                 break
