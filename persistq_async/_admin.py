@@ -15,6 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
+
 from ._checks import check_int, check_seconds
 from ._jobmeta import check_tags
 from ._types import FINISHED_STATES, JobState, Serializer
@@ -161,6 +164,9 @@ class QueueAdmin:
         seen = count = 0
         after = 0
         while True:
+            # The reads and writes below are shielded (each completes whole): a cancellation
+            # takes effect here, between two batches.
+            await anyio.lowlevel.checkpoint()
             ids = await store.select_ids(self.name, state, cutoff, after, BULK_BATCH)
             if not ids:
                 break

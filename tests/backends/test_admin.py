@@ -268,3 +268,31 @@ async def test_every_listing_and_bulk_read_follows_an_index_on_sqlite(tmp_path: 
         assert "INTEGER PRIMARY KEY" in plan(select(jobs.c.queue).where(jobs.c.id == 3))
     finally:
         conn.close()
+
+
+async def test_a_cancelled_bulk_operation_leaves_whole_batches(fresh_url: str) -> None:
+    """Cancelled between batches, a requeue or purge has done whole batches (each is one
+    transaction; the batch in flight when the cancellation came may still land) and nothing
+    of the rest."""
+    async with open_queue(fresh_url, "a") as a:
+        count = BULK_BATCH * 3
+        for q in (a, a.sibling("b")):
+            await q.put_many(range(count), max_attempts=1)
+            jobs, _ = await q.claim(count)
+            for job in jobs:
+                await job.fail(error="boom")
+        with anyio.CancelScope() as scope:
+            await a.requeue_many("dead", on_progress=lambda done, total: scope.cancel())
+        assert scope.cancelled_caught
+        stats = await a.stats()
+        assert stats.queued + stats.dead == count
+        assert stats.queued in (BULK_BATCH, 2 * BULK_BATCH)
+
+        b = a.sibling("b")
+        with anyio.CancelScope() as scope:
+            await b.purge("dead", on_progress=lambda done, total: scope.cancel())
+        assert scope.cancelled_caught
+        left = await b.list_jobs(limit=count)
+        assert count - len(left) in (BULK_BATCH, 2 * BULK_BATCH)
+        assert all(i.state == "dead" for i in left)
+        assert all([h.outcome for h in i.history] == ["failed"] for i in left)
