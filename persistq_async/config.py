@@ -40,6 +40,8 @@ __all__ = [
     "DEFAULT_DURABILITY",
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RETENTION_SECONDS",
     "OPTION_NAMES",
@@ -55,6 +57,10 @@ DEFAULT_POLL_INTERVAL = 0.1
 DEFAULT_RETENTION_SECONDS = 7 * 86400.0
 DEFAULT_DURABILITY = "full"
 DEFAULT_BUSY_TIMEOUT = 5.0
+#: Largest payload, in bytes after serialisation, that ``put`` accepts (4 MiB).
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+#: Largest result, in bytes after serialisation, that an ack stores (4 MiB).
+DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024
 #: The SQLite file, in the working directory, used when no ``url`` is configured.
 DEFAULT_DATABASE_FILE = "persistq.db"
 
@@ -77,7 +83,7 @@ _FLOAT_OPTIONS = frozenset(
         "busy_timeout",
     }
 )
-_INT_OPTIONS = frozenset({"max_attempts"})
+_INT_OPTIONS = frozenset({"max_attempts", "max_payload_bytes", "max_result_bytes"})
 _STR_OPTIONS = frozenset({"url", "durability"})
 
 # Range rules, one per option: (holds for a well-typed value, what the message says otherwise).
@@ -91,6 +97,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retention_seconds": (lambda v: v >= 0, "must be >= 0"),
     "durability": (lambda v: v in ("full", "normal"), "must be 'full' or 'normal'"),
     "busy_timeout": (lambda v: v >= 0, "must be >= 0"),
+    "max_payload_bytes": (lambda v: v >= 1, "must be >= 1"),
+    "max_result_bytes": (lambda v: v >= 1, "must be >= 1"),
 }
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
@@ -125,6 +133,12 @@ class Options:
     durability: str = DEFAULT_DURABILITY
     #: Seconds SQLite waits for another connection's lock before failing.
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    #: Largest payload, in bytes once serialised, that a put accepts; a larger one raises
+    #: ``SerializationError`` before anything is written.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: Largest result, in bytes once serialised, that an ack stores; a handler whose result is
+    #: larger has its job failed with that error instead.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
 
     def __post_init__(self) -> None:
         for name in OPTION_NAMES:

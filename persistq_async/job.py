@@ -22,12 +22,28 @@ if TYPE_CHECKING:
     from ._types import Serializer
     from .store import AttemptRecord, JobRecord, JobStore
 
-__all__ = ["Attempt", "Job", "JobInfo", "backoff_seconds", "decode", "to_datetime"]
+__all__ = [
+    "Attempt",
+    "Job",
+    "JobInfo",
+    "ResultTooLarge",
+    "backoff_seconds",
+    "decode",
+    "to_datetime",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Longest error text stored per attempt; a traceback beyond it is cut.
 MAX_ERROR_LENGTH = 8000
+
+
+class ResultTooLarge(SerializationError):
+    """Raised when a result is larger than ``max_result_bytes`` once serialised.
+
+    A pool fails the job with this error rather than store the result (or retry a handler that
+    would return the same again).
+    """
 
 
 def to_datetime(timestamp: float | None) -> datetime | None:
@@ -155,6 +171,7 @@ class Job:
         "_backoff",
         "_finished",
         "_lease_seconds",
+        "_max_result_bytes",
         "_serializer",
         "_started_at",
         "_store",
@@ -177,6 +194,7 @@ class Job:
         store: JobStore,
         serializer: Serializer,
         backoff: tuple[float, float],
+        max_result_bytes: int | None = None,
     ) -> None:
         assert record.lease_token is not None
         assert record.lease_expires_at is not None
@@ -202,6 +220,7 @@ class Job:
         self._serializer = serializer
         self._backoff = backoff
         self._finished: str | None = None
+        self._max_result_bytes = max_result_bytes
 
     def __repr__(self) -> str:
         return (
@@ -231,9 +250,17 @@ class Job:
         :raises LeaseLost: the lease expired and the job was re-taken, or it was cancelled.
         :raises JobAlreadyFinished: this delivery was already finished.
         :raises SerializationError: ``result`` cannot be encoded; the job stays leased.
+        :raises ResultTooLarge: ``result`` is larger than ``max_result_bytes`` once encoded
+            (a :class:`SerializationError`); nothing is written, the job stays leased.
         """
         self._check("ack")
         data = None if result is None else self._serializer.dumps(result)
+        limit = self._max_result_bytes
+        if data is not None and limit is not None and len(data) > limit:
+            raise ResultTooLarge(
+                f"job {self.id}: the result is {len(data)} bytes once serialised, over "
+                f"max_result_bytes={limit}; it was not stored"
+            )
         crash_point("before-ack")
         delivery = None
         if self._started_at is not None:

@@ -33,6 +33,7 @@ from .errors import (
     SerializationError,
     SupervisorError,
 )
+from .job import ResultTooLarge
 from .monitoring import log_event
 
 if TYPE_CHECKING:
@@ -411,6 +412,11 @@ class Pool:
             else:
                 try:
                     await job.ack(result)
+                except ResultTooLarge as exc:
+                    # The same handler would return the same again: dead now, not retried.
+                    self.failed += 1
+                    await job.fail(error=str(exc))
+                    raise
                 except SerializationError as exc:
                     self.failed += 1
                     await job.nack(error=f"the handler's result cannot be stored: {exc}")

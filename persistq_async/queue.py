@@ -73,7 +73,8 @@ class Queue:
     :param clock: epoch seconds now; for tests that drive lease expiry.
     :param options: any option of :class:`~persistq_async.config.Options` (``lease_seconds``,
         ``max_attempts``, ``backoff_base``, ``backoff_max``, ``poll_interval``,
-        ``retention_seconds``, ``durability``, ``busy_timeout``).
+        ``retention_seconds``, ``durability``, ``busy_timeout``, ``max_payload_bytes``,
+        ``max_result_bytes``).
     :raises ConfigError: an unknown or ill-typed option.
     """
 
@@ -171,6 +172,7 @@ class Queue:
         max_attempts: Any,
         dedupe_key: Any,
         now: float,
+        index: int | None = None,
     ) -> NewJob:
         priority = check_int("priority", priority)
         if not -(2**31) <= priority < 2**31:
@@ -190,6 +192,13 @@ class Queue:
         data = self.serializer.dumps(payload)
         if not isinstance(data, bytes):
             raise SerializationError(f"the serializer returned {type(data).__name__}, not bytes")
+        limit = self.options.max_payload_bytes
+        if len(data) > limit:
+            where = "payload" if index is None else f"payloads[{index}]"
+            raise SerializationError(
+                f"{where}: {len(data)} bytes once serialised, over max_payload_bytes={limit}; "
+                "nothing was written"
+            )
         return NewJob(
             payload=data,
             priority=priority,
@@ -220,7 +229,8 @@ class Queue:
             returned instead of adding a job.
         :param connection: the application's own ``AsyncConnection`` or ``AsyncSession`` on the
             same database: the job is written in its transaction and exists iff that commits.
-        :raises SerializationError: the payload is not a JSON value; nothing is written.
+        :raises SerializationError: the payload is not a JSON value, or is larger than
+            ``max_payload_bytes`` once serialised; nothing is written.
         :raises ArgumentError: a bad value (negative delay, naive run_at, both delay and run_at).
         :raises ArgumentTypeError: an argument of the wrong type.
         """
@@ -245,7 +255,8 @@ class Queue:
     ) -> list[int]:
         """Add several jobs with the same options in one transaction: all or nothing.
 
-        Takes the options of :meth:`put`; returns the ids in the order of ``payloads``.
+        Takes the options of :meth:`put`; returns the ids in the order of ``payloads``. Every
+        payload is encoded and checked (``max_payload_bytes`` included) before any is written.
         """
         store = self.store
         if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
@@ -253,9 +264,10 @@ class Queue:
                 f"payloads: expected an iterable of payloads, got {type(payloads).__name__}"
             )
         now = store.clock()
+        # Every payload is encoded and checked (type, size) before any is written.
         new = [
-            self._new_job(p, priority, delay, run_at, max_attempts, dedupe_key, now)
-            for p in payloads
+            self._new_job(p, priority, delay, run_at, max_attempts, dedupe_key, now, index=i)
+            for i, p in enumerate(payloads)
         ]
         if not new:
             return []
@@ -307,6 +319,7 @@ class Queue:
             store=self.store,
             serializer=self.serializer,
             backoff=(self.options.backoff_base, self.options.backoff_max),
+            max_result_bytes=self.options.max_result_bytes,
         )
 
     async def claim(
