@@ -7,18 +7,20 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from ._checks import check_seconds
 from ._crash import crash_point
 from ._types import JobState
-from .errors import JobAlreadyFinished, SerializationError
+from .errors import DatabaseError, JobAlreadyFinished, SerializationError
 from .monitoring import log_event
 from .store import Delivery
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ._types import Serializer
     from .store import AttemptRecord, JobRecord, JobStore
 
@@ -27,6 +29,7 @@ __all__ = [
     "Job",
     "JobInfo",
     "ResultTooLarge",
+    "WriteAbandoned",
     "backoff_seconds",
     "decode",
     "to_datetime",
@@ -36,6 +39,21 @@ logger = logging.getLogger(__name__)
 
 #: Longest error text stored per attempt; a traceback beyond it is cut.
 MAX_ERROR_LENGTH = 8000
+#: Seconds before an outcome write that failed on a transient error is tried again; doubles
+#: per try up to :data:`RETRY_MAX_DELAY`.
+RETRY_FIRST_DELAY = 0.05
+#: Longest pause between two tries of an outcome write: once the database is back, an outcome
+#: is recorded within about this long (the rescue of expired leases does not wait for it).
+RETRY_MAX_DELAY = 0.5
+#: Shortest pause between two tries, near the end of the lease.
+RETRY_MIN_DELAY = 0.01
+
+T = TypeVar("T")
+
+
+class WriteAbandoned(DatabaseError):
+    """Raised when an ack, nack, fail or extend kept failing on a transient database error
+    until the lease ran out; the job is left to expire and is delivered again."""
 
 
 class ResultTooLarge(SerializationError):
@@ -170,6 +188,7 @@ class Job:
     __slots__ = (
         "_backoff",
         "_finished",
+        "_lease_end",
         "_lease_seconds",
         "_max_result_bytes",
         "_serializer",
@@ -221,6 +240,9 @@ class Job:
         self._backoff = backoff
         self._finished: str | None = None
         self._max_result_bytes = max_result_bytes
+        #: When the lease ends (epoch seconds, the store's clock): outcome writes that fail on a
+        #: transient error are tried again until then.
+        self._lease_end: float = record.lease_expires_at
 
     def __repr__(self) -> str:
         return (
@@ -252,6 +274,8 @@ class Job:
         :raises SerializationError: ``result`` cannot be encoded; the job stays leased.
         :raises ResultTooLarge: ``result`` is larger than ``max_result_bytes`` once encoded
             (a :class:`SerializationError`); nothing is written, the job stays leased.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("ack")
         data = None if result is None else self._serializer.dumps(result)
@@ -271,7 +295,9 @@ class Job:
                 attempt=self.attempts,
                 started_at=self._started_at,
             )
-        await self._store.ack(self.id, self._token, data, delivery=delivery)
+        await self._persist(
+            "ack", lambda: self._store.ack(self.id, self._token, data, delivery=delivery)
+        )
         crash_point("after-ack-commit")
         self._finished = "acked"
         log_event(logger, logging.DEBUG, "job_acked", "job acked", job_id=self.id, queue=self.queue)
@@ -283,14 +309,17 @@ class Job:
 
         :raises LeaseLost: the lease is no longer this delivery's.
         :raises JobAlreadyFinished: this delivery was already finished.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("nack")
         if delay is None:
             seconds = backoff_seconds(self.attempts, *self._backoff)
         else:
             seconds = check_seconds("delay", delay)
-        state = await self._store.nack(
-            self.id, self._token, self._store.clock() + seconds, _error_text(error)
+        run_at = self._store.clock() + seconds
+        state = await self._persist(
+            "nack", lambda: self._store.nack(self.id, self._token, run_at, _error_text(error))
         )
         self._finished = "nacked"
         dead = state == JobState.DEAD
@@ -310,9 +339,13 @@ class Job:
 
         :raises LeaseLost: the lease is no longer this delivery's.
         :raises JobAlreadyFinished: this delivery was already finished.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("fail")
-        await self._store.fail(self.id, self._token, _error_text(error))
+        await self._persist(
+            "fail", lambda: self._store.fail(self.id, self._token, _error_text(error))
+        )
         self._finished = "failed"
         log_event(
             logger,
@@ -347,10 +380,15 @@ class Job:
 
         :raises LeaseLost: the lease is no longer this delivery's.
         :raises JobAlreadyFinished: this delivery was already finished.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("extend")
         value = check_seconds("seconds", seconds, positive=True)
-        expires = await self._store.extend(self.id, self._token, value)
+        expires = await self._persist(
+            "extend", lambda: self._store.extend(self.id, self._token, value)
+        )
+        self._lease_end = expires
         self.lease_expires_at = to_datetime(expires)  # type: ignore[assignment]
         log_event(
             logger,
@@ -360,6 +398,57 @@ class Job:
             job_id=self.id,
             queue=self.queue,
         )
+
+    async def _persist(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run ``write`` (an ack, nack, fail or extend of this delivery); on a transient
+        database error try it again with backoff for as long as the lease is ours.
+
+        Each of these writes may be repeated safely: they are fenced by the lease token, and
+        one that committed although its answer was lost is found applied by the next try (an
+        extend simply extends again). A permanent error (``LeaseLost``, a constraint) is raised
+        at once. When the lease has run out the write is given up, logged as
+        ``write_abandoned``, and :class:`WriteAbandoned` raised: the job is then left to
+        the rescue of expired leases, which delivers it again.
+        """
+        delay = RETRY_FIRST_DELAY
+        tries = 0
+        began = anyio.current_time()
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                if not self._store.backend.is_transient(exc):
+                    raise
+                tries += 1
+                remaining = self._lease_end - self._store.clock()
+                fields = {"job_id": self.id, "queue": self.queue, "error": str(exc)}
+                if remaining <= 0:
+                    elapsed = anyio.current_time() - began
+                    log_event(
+                        logger,
+                        logging.ERROR,
+                        "write_abandoned",
+                        f"job {self.id}: gave up the {what} after {tries} tries in "
+                        f"{elapsed:.1f}s: the lease has run out; the job will be delivered again",
+                        tries=tries,
+                        **fields,
+                    )
+                    raise WriteAbandoned(
+                        f"job {self.id}: the {what} was not recorded ({exc}); tried {tries} "
+                        "times until the lease ran out"
+                    ) from exc
+                if tries == 1:
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "write_retrying",
+                        f"job {self.id}: the {what} failed ({exc}); trying again for up to "
+                        f"{remaining:.1f}s while the lease lasts",
+                        **fields,
+                    )
+                # Near the end of the lease, try more often rather than sleep past it.
+                await anyio.sleep(max(RETRY_MIN_DELAY, min(delay, remaining / 2)))
+                delay = min(delay * 2, RETRY_MAX_DELAY)
 
     async def __aenter__(self) -> Job:
         return self

@@ -33,7 +33,7 @@ from .errors import (
     SerializationError,
     SupervisorError,
 )
-from .job import ResultTooLarge
+from .job import ResultTooLarge, WriteAbandoned
 from .monitoring import log_event
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ __all__ = ["Execution", "Pool", "StopReason", "check_handler"]
 
 logger = logging.getLogger(__name__)
 
-#: How long an outcome write may take once its handler finished (it is shielded from cancel).
+#: How long an outcome write may take once its handler finished (it is shielded from cancel),
+#: beyond the ``lease_seconds`` its retries may last.
 OUTCOME_TIMEOUT = 30.0
 
 
@@ -336,7 +337,10 @@ class Pool:
                 execution.reason = StopReason.SHUTDOWN
             # Shielded and bounded: the outcome must be recorded even when the pool is being
             # cancelled, and must not hold shutdown hostage if the database is gone.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(OUTCOME_TIMEOUT):
+            # The bound also covers retries of a write that fails on a transient error, which
+            # go on while the lease lasts.
+            bound = OUTCOME_TIMEOUT + self.queue.options.lease_seconds
+            with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
                 try:
                     await self._settle(execution, result, error)
                 except Exception:  # an executor must never take its pool down
@@ -444,6 +448,8 @@ class Pool:
                 f"job {job.id}: {exc}",
                 **fields,
             )
+        except WriteAbandoned:
+            pass  # retried until the lease ran out, and logged as write_abandoned
         except PersistQError as exc:
             # The database failed or the queue closed: the lease will expire and the job be
             # rescued, so nothing is lost; say so rather than crash the pool.

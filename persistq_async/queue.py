@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy.engine import URL
@@ -28,18 +28,26 @@ from ._crash import crash_point
 from ._types import JobState, Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
-from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
-from .job import Job, JobInfo, decode
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DatabaseError,
+    QueueClosed,
+    SerializationError,
+)
+from .job import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, RETRY_MIN_DELAY, Job, JobInfo, decode
 from .monitoring import Stats, log_event
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ["Queue", "Watch"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How often an idle queue deletes finished jobs past ``retention_seconds``.
 CLEAN_INTERVAL = 60.0
@@ -275,12 +283,50 @@ class Queue:
         log_event(logger, logging.DEBUG, "job_put", "jobs put", count=len(ids), queue=self.name)
         return ids
 
+    async def _retrying(
+        self, what: str, write: Callable[[], Awaitable[T]], *, repeatable: Callable[[Any], bool]
+    ) -> T:
+        """Run ``write``; on a transient database error that ``repeatable`` says may be tried
+        again, try again with backoff for up to ``lease_seconds`` (the outage a queue rides
+        out), then raise the last error."""
+        store = self.store
+        deadline = anyio.current_time() + self.options.lease_seconds
+        delay = RETRY_FIRST_DELAY
+        tries = 0
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0 or not store.backend.is_transient(exc) or not repeatable(exc):
+                    raise
+                tries += 1
+                if tries == 1:
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "write_retrying",
+                        f"a {what} failed ({exc}); trying again for up to {remaining:.1f}s",
+                        queue=self.name,
+                        error=str(exc),
+                    )
+                await anyio.sleep(max(RETRY_MIN_DELAY, min(delay, remaining)))
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
     async def _insert(
         self, new: list[NewJob], connection: AsyncConnection | AsyncSession | None
     ) -> list[int]:
         store = self.store
         if connection is None:
-            return await store.put(self.name, new)
+            # A put is repeated only where the failed try cannot have committed (it would add
+            # the jobs twice), or where every job has a dedupe key (a try that did commit
+            # holds the key, and the next returns that job's id).
+            deduped = all(job.dedupe_key is not None for job in new)
+            return await self._retrying(
+                "put",
+                lambda: store.put(self.name, new),
+                repeatable=lambda exc: deduped or store.backend.never_committed(exc),
+            )
         if isinstance(connection, AsyncSession):
             conn = await connection.connection()
         elif isinstance(connection, AsyncConnection):
@@ -336,7 +382,11 @@ class Queue:
             if lease_seconds is None
             else check_float("lease_seconds", lease_seconds, positive=True)
         )
-        result = await store.claim(self.name, limit, lease)
+        # A claim may always be repeated: one that committed unseen leased jobs under a token
+        # nobody holds; they come back when that lease expires, their handlers never having run.
+        result = await self._retrying(
+            "claim", lambda: store.claim(self.name, limit, lease), repeatable=lambda _: True
+        )
         if result.records:
             crash_point("after-claim-commit")
         claimed: list[Job] = []

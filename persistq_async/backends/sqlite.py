@@ -46,7 +46,7 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import DatabaseError, SchemaError
 from ..schema import APPLICATION_ID, DEDUPE, jobs
-from .base import Backend
+from .base import Backend, error_chain
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine
@@ -406,6 +406,20 @@ class SQLiteBackend(Backend):
         value = result.scalar_one()
         await conn.commit()
         return int(value)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """SQLITE_BUSY and SQLITE_LOCKED: another process held the lock past
+        ``busy_timeout`` (the writer has already waited, and tried again, by then)."""
+        return any(
+            self.is_busy(item)
+            for item in error_chain(exc)
+            if isinstance(item, (DBAPIError, sqlite3.Error))
+        )
+
+    def never_committed(self, exc: BaseException) -> bool:
+        """A busy or locked write never committed: ``BEGIN IMMEDIATE`` takes the write lock
+        before any statement, and a WAL commit made under it cannot be refused as busy."""
+        return self.is_transient(exc)
 
     def is_busy(self, exc: BaseException) -> bool:
         """SQLITE_BUSY and SQLITE_LOCKED, which a later retry can get past."""
