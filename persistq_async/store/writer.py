@@ -535,6 +535,7 @@ class DirectWriter(Writer):
             error: BaseException = wrap_db_error(exc, "connecting", self._where)
         except OSError as exc:
             error = DatabaseError(f"connecting failed on {self._where}: {exc}")
+            error.__cause__ = exc  # what the backend looks at to tell a transient failure
         else:
             for op in batch:
                 op.finish()
