@@ -11,6 +11,7 @@ job by at most ``SLOW_POLL`` seconds, it never strands it. The listener reconnec
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -65,6 +66,8 @@ _TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P
 #: (conflicts), or raised while connecting (57P03 and 53300 come before any statement; 08001
 #: and 08004 are a connection that could not be made or was refused).
 _NEVER_COMMITTED_STATES = frozenset({"40001", "40P01", "55P03", "57P03", "53300", "08001", "08004"})
+
+_BROKEN_CONNECTION = re.compile(r"closed|another operation|cannot switch to state", re.IGNORECASE)
 
 # One statement for a single put: the row, its id, and the notification at commit (repeated
 # notifications of one transaction are folded into one by the server).
@@ -198,8 +201,12 @@ class PostgresBackend(Backend):
                 return True  # SQLAlchemy's verdict: the dialect saw a disconnect
             if isinstance(item, (OSError, TimeoutError)):
                 return True  # refused, reset, unreachable, or a connect that timed out
-            if type(item).__name__ == "InterfaceError" and "closed" in str(item).lower():
-                return True  # asyncpg: "connection is closed" (dropped by the server)
+            if type(item).__name__ == "InterfaceError" and _BROKEN_CONNECTION.search(str(item)):
+                # asyncpg, on a connection the server dropped or an interrupted operation left
+                # unusable ("connection is closed", "cannot switch to state ..., another
+                # operation is in progress"); nothing was sent. Other interface errors are
+                # mistakes in a statement, and permanent.
+                return True
         return False
 
     def never_committed(self, exc: BaseException) -> bool:

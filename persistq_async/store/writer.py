@@ -230,12 +230,23 @@ def run_batch(
             for op in remaining:
                 op.error = error
             return
+        except OSError as exc:
+            # A connection that could not be made again (SQLAlchemy re-connects a connection
+            # it invalidated, and the driver's refusal is not a DBAPI error).
+            _rollback_quietly(conn)
+            error = DatabaseError(f"writing failed on {where}: {exc}")
+            error.__cause__ = exc  # what the backend looks at to tell a transient failure
+            for op in remaining:
+                if op.error is None:
+                    op.error = error
+            return
         except Exception as exc:
             _rollback_quietly(conn)
             logger.exception("a write batch failed unexpectedly", extra={"action": "write_failed"})
             for op in remaining:
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
+                    op.error.__cause__ = exc
             return
 
 
