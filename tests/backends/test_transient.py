@@ -58,6 +58,7 @@ def test_sqlite_busy_is_transient_and_never_committed_a_constraint_is_neither(
         engine.dispose()
         holder.close()
     wrapped = wrap_db_error(busy.value, "writing", "x.db")
+    assert busy.value.orig is not None
     for error in (busy.value, busy.value.orig, wrapped):
         assert backend.is_transient(error), error
         assert backend.never_committed(error), error
