@@ -91,6 +91,10 @@ class Backend(abc.ABC):
         """A lock the writer thread holds around each batch, if the backend needs one."""
         return None
 
+    async def dispose_engine(self, engine: AsyncEngine) -> None:
+        """Close the connections of :meth:`create_engine`'s engine (at the queue's close)."""
+        await engine.dispose()
+
     def notify_work(self, conn: Connection, queue: str) -> None:  # noqa: B027 - optional hook
         """Inside a write transaction that made jobs of ``queue`` claimable: tell other
         processes at commit, where the database can."""

@@ -377,7 +377,8 @@ class ThreadWriter(Writer):
         loop = self._loop
         assert loop is not None
         try:
-            conn = self._connect()
+            with self._lock:  # opening runs the connection's pragmas (journal_mode=WAL)
+                conn = self._connect()
         except BaseException as exc:
             loop.call_soon_threadsafe(report, exc)
             return
