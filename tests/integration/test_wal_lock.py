@@ -8,6 +8,7 @@ processes they come from; the file's integrity check must pass afterwards.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import subprocess
@@ -46,10 +47,10 @@ async def test_intervals_held_under_the_lock_never_overlap_across_five_writers(
     results = [json.loads(out.read_text()) for out in outs]
     held = sorted((start, end, r["pid"]) for r in results for start, end in r["intervals"])
     assert all(r["done"] > 0 and r["done"] == r["total"] for r in results), results
-    overlaps = [(a, b) for a, b in zip(held, held[1:], strict=False) if b[0] < a[1]]
+    overlaps = [(a, b) for a, b in itertools.pairwise(held) if b[0] < a[1]]
     assert overlaps == [], f"{len(overlaps)} overlapping holds, e.g. {overlaps[:3]}"
     # The processes did run at once: the holder changes from one process to another often.
-    handovers = sum(1 for a, b in zip(held, held[1:], strict=False) if a[2] != b[2])
+    handovers = sum(1 for a, b in itertools.pairwise(held) if a[2] != b[2])
     print(f"{len(held)} holds by {WRITERS} processes, {handovers} handovers between processes")
     assert handovers >= WRITERS * 5
     assert Path(f"{db}{LOCK_SUFFIX}").exists()
