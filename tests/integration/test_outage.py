@@ -82,7 +82,10 @@ async def test_postgres_stopped_and_started_under_two_workers_reruns_nothing(
     try:
         server.start()
         async with pq.Queue(server.url, name=QUEUE) as q:
-            await q.put_many([{"sleep": 0.02 + (n % 7) * 0.01} for n in range(jobs)])
+            # One job runs longer than its lease, across the outage: only heartbeats that go on
+            # extending its lease once the server is back keep it from being delivered again.
+            long_id = await q.put({"sleep": lease + 4.0}, priority=1)
+            await q.put_many([{"sleep": 0.02 + (n % 7) * 0.01} for n in range(jobs - 1)])
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
@@ -129,6 +132,7 @@ async def test_postgres_stopped_and_started_under_two_workers_reruns_nothing(
         async with pq.Queue(server.url, name=QUEUE) as q:
             await q.join(timeout=60)
             stats = await q.stats()
+            long_job = await q.job(long_id)
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
         for worker in workers:
@@ -139,6 +143,8 @@ async def test_postgres_stopped_and_started_under_two_workers_reruns_nothing(
         print(f"outage {outage:.1f}s; {during} of {jobs} finished before it; re-runs {again}")
         assert (stats.done, stats.queued, stats.running, stats.dead) == (jobs, 0, 0, 0)
         assert len(counts) == jobs
+        assert long_job is not None
+        assert [(a.attempt, a.outcome) for a in long_job.history] == [(1, "acked")]
         notable = "\n".join(line for line in text.splitlines() if " done in " not in line)
         assert again == {}, f"handlers finished again after the restart: {again}\n{notable}"
         # The outage met writes in flight, and they were tried again rather than given up.
