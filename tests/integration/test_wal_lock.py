@@ -13,6 +13,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,52 @@ async def test_intervals_held_under_the_lock_never_overlap_across_five_writers(
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         conn.close()
+
+
+# Run in a fresh interpreter: forking the test process, which may have threads, is unsafe.
+_FORK_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, threading
+    from pathlib import Path
+    from persistq_async.backends.wal_lock import wal_lock_for
+
+    db = Path(sys.argv[1])
+    lock = wal_lock_for(db)
+    with lock:
+        pass  # the lock file is open in the parent before the fork
+    to_child, from_parent = os.pipe()
+    from_child, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: is it let in while the parent holds the lock?
+        code = 1
+        try:
+            os.read(to_child, 4)  # the parent holds it now
+            mine = wal_lock_for(db)
+            got = threading.Event()
+            threading.Thread(target=lambda: (mine.acquire(), got.set()), daemon=True).start()
+            os.write(to_parent, b"early" if got.wait(0.5) else b"waits")
+            code = 0 if got.wait(20) else 2  # let in once the parent has released it
+        finally:
+            os._exit(code)
+    with lock:
+        os.write(from_parent, b"held")
+        verdict = os.read(from_child, 5)
+    _, status = os.waitpid(pid, 0)
+    assert wal_lock_for(db) is lock  # the parent's registry is untouched
+    print(verdict.decode(), os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
+    # flock belongs to an open file description, which fork shares: a child that reused the
+    # parent's descriptor would be let in while the parent holds the lock.
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, str(tmp_path / "jobs.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["waits", "0"]
