@@ -217,3 +217,36 @@ async def test_postgres_classifies_real_errors(pg_url: str) -> None:
     assert not backend.never_committed(lost.value)
     assert not backend.is_transient(duplicate.value)
     assert not backend.never_committed(duplicate.value)
+
+
+@pytest.mark.usefixtures("no_writer_retries")
+async def test_an_ack_cancelled_while_it_waits_to_try_again_leaves_the_job_leased(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "jobs.db"
+    async with pq.Queue(db, name="q", busy_timeout=0.05, lease_seconds=10) as q:
+        job_id = await q.put({"n": 1})
+        job = await q.get(timeout=5)
+        locked = threading.Event()
+        holder = threading.Thread(target=_hold_write_lock, args=(db, 1.0, locked))
+        holder.start()
+        try:
+            await anyio.to_thread.run_sync(locked.wait, 5)
+            with caplog.at_level(logging.DEBUG, logger="persistq_async"):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(job.ack)
+                    with anyio.fail_after(5):
+                        while not _records(caplog, "write_retrying"):  # noqa: ASYNC110
+                            await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()  # while it sleeps before the next try
+        finally:
+            await anyio.to_thread.run_sync(holder.join)
+        # Not applied, not half applied: the delivery is still leased, and still ours to finish.
+        assert not job.finished
+        found = await q.job(job_id)
+        assert found is not None
+        assert (found.state, [a.outcome for a in found.history]) == (pq.JobState.RUNNING, [None])
+        await job.ack("later")
+        found = await q.job(job_id)
+        assert found is not None
+        assert (found.state, found.result, found.attempts) == (pq.JobState.DONE, "later", 1)
