@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .errors import JobAlreadyFinished, LeaseLost, PersistQError
+from .job import WriteAbandoned
 from .monitoring import log_event
 from .pool import DEFAULT_BLOCK_THRESHOLD, Execution, StopReason
 
@@ -117,8 +118,8 @@ class Heartbeat(Service):
                 queue=job.queue,
             )
             execution.stop(StopReason.LEASE_LOST)
-        except JobAlreadyFinished:
-            pass
+        except (JobAlreadyFinished, WriteAbandoned):
+            pass  # WriteAbandoned: retried until the lease ran out, logged as write_abandoned
         except PersistQError as exc:
             # Caught here, not by run(): in the tick's task group it would reach run() wrapped
             # in an ExceptionGroup and take the supervisor down. The next beat tries again; a

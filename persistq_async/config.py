@@ -42,6 +42,8 @@ __all__ = [
     "DEFAULT_DURABILITY",
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "DEFAULT_MAX_RESULT_BYTES",
     "DEFAULT_POLL_INTERVAL",
     "DEFAULT_RETENTION_SECONDS",
     "DURATION_OPTIONS",
@@ -60,6 +62,10 @@ DEFAULT_POLL_INTERVAL = 0.1
 DEFAULT_RETENTION_SECONDS = 7 * 86400.0
 DEFAULT_DURABILITY = "full"
 DEFAULT_BUSY_TIMEOUT = 5.0
+#: Largest payload, in bytes after serialisation, that ``put`` accepts (4 MiB).
+DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+#: Largest result, in bytes after serialisation, that an ack stores (4 MiB).
+DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024
 #: The SQLite file, in the working directory, used when no ``url`` is configured.
 DEFAULT_DATABASE_FILE = "persistq.db"
 
@@ -84,7 +90,9 @@ _FLOAT_OPTIONS = frozenset(
 )
 #: The options that are durations (seconds); the environment and files may write them ``30s``.
 DURATION_OPTIONS = _FLOAT_OPTIONS
-_INT_OPTIONS = frozenset({"max_attempts", "max_running", "rate_burst"})
+_INT_OPTIONS = frozenset(
+    {"max_attempts", "max_payload_bytes", "max_result_bytes", "max_running", "rate_burst"}
+)
 _STR_OPTIONS = frozenset({"url", "durability", "rate_limit", "dead_letter_queue"})
 #: Options whose default is None ("not set"); None is accepted for them.
 _OPTIONAL_OPTIONS = frozenset(
@@ -102,6 +110,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retention_seconds": (lambda v: v >= 0, "must be >= 0"),
     "durability": (lambda v: v in ("full", "normal"), "must be 'full' or 'normal'"),
     "busy_timeout": (lambda v: v >= 0, "must be >= 0"),
+    "max_payload_bytes": (lambda v: v >= 1, "must be >= 1"),
+    "max_result_bytes": (lambda v: v >= 1, "must be >= 1"),
     "rate_limit": (lambda v: _is_rate_limit(v), "must be a count per s, m or h such as '100/s'"),
     "rate_burst": (lambda v: 1 <= v <= 10**9, "must be >= 1 and <= 1000000000"),
     "max_running": (lambda v: v >= 1, "must be >= 1"),
@@ -156,6 +166,12 @@ class Options:
     durability: str = DEFAULT_DURABILITY
     #: Seconds SQLite waits for another connection's lock before failing.
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    #: Largest payload, in bytes once serialised, that a put accepts; a larger one raises
+    #: ``SerializationError`` before anything is written.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    #: Largest result, in bytes once serialised, that an ack stores; a handler whose result is
+    #: larger has its job failed with that error instead.
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     #: Flow control (kept in the database, per queue; None leaves what the database holds).
     #: At most this many claims per second, minute or hour across every process (``"100/s"``).
     rate_limit: str | None = None

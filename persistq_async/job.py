@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -16,21 +16,55 @@ from ._checks import check_seconds
 from ._crash import crash_point
 from ._jobmeta import decode_headers, decode_tags
 from ._types import JobState
-from .errors import JobAlreadyFinished, SerializationError
+from .errors import DatabaseError, JobAlreadyFinished, SerializationError
 from .metrics import EventKind, JobEvent, hub
 from .monitoring import log_event
 from .store import Delivery
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ._types import Serializer
     from .store import AttemptRecord, JobRecord, JobStore
 
-__all__ = ["Attempt", "Job", "JobInfo", "backoff_seconds", "decode", "to_datetime"]
+__all__ = [
+    "Attempt",
+    "Job",
+    "JobInfo",
+    "ResultTooLarge",
+    "WriteAbandoned",
+    "backoff_seconds",
+    "decode",
+    "to_datetime",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Longest error text stored per attempt; a traceback beyond it is cut.
 MAX_ERROR_LENGTH = 8000
+#: Seconds before an outcome write that failed on a transient error is tried again; doubles
+#: per try up to :data:`RETRY_MAX_DELAY`.
+RETRY_FIRST_DELAY = 0.05
+#: Longest pause between two tries of an outcome write: once the database is back, an outcome
+#: is recorded within about this long (the rescue of expired leases does not wait for it).
+RETRY_MAX_DELAY = 0.5
+#: Shortest pause between two tries, near the end of the lease.
+RETRY_MIN_DELAY = 0.01
+
+T = TypeVar("T")
+
+
+class WriteAbandoned(DatabaseError):
+    """Raised when an ack, nack, fail or extend kept failing on a transient database error
+    until the lease ran out; the job is left to expire and is delivered again."""
+
+
+class ResultTooLarge(SerializationError):
+    """Raised when a result is larger than ``max_result_bytes`` once serialised.
+
+    A pool fails the job with this error rather than store the result (or retry a handler that
+    would return the same again).
+    """
 
 
 def to_datetime(timestamp: float | None) -> datetime | None:
@@ -161,8 +195,10 @@ class Job:
     __slots__ = (
         "_backoff",
         "_finished",
+        "_lease_end",
         "_lease_seconds",
         "_ready_at",
+        "_max_result_bytes",
         "_serializer",
         "_started_at",
         "_store",
@@ -189,6 +225,7 @@ class Job:
         store: JobStore,
         serializer: Serializer,
         backoff: tuple[float, float],
+        max_result_bytes: int | None = None,
     ) -> None:
         assert record.lease_token is not None
         assert record.lease_expires_at is not None
@@ -224,6 +261,10 @@ class Job:
         self._serializer = serializer
         self._backoff = backoff
         self._finished: str | None = None
+        self._max_result_bytes = max_result_bytes
+        #: When the lease ends (epoch seconds, the store's clock): outcome writes that fail on a
+        #: transient error are tried again until then.
+        self._lease_end: float = record.lease_expires_at
 
     def __repr__(self) -> str:
         return (
@@ -253,9 +294,19 @@ class Job:
         :raises LeaseLost: the lease expired and the job was re-taken, or it was cancelled.
         :raises JobAlreadyFinished: this delivery was already finished.
         :raises SerializationError: ``result`` cannot be encoded; the job stays leased.
+        :raises ResultTooLarge: ``result`` is larger than ``max_result_bytes`` once encoded
+            (a :class:`SerializationError`); nothing is written, the job stays leased.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("ack")
         data = None if result is None else self._serializer.dumps(result)
+        limit = self._max_result_bytes
+        if data is not None and limit is not None and len(data) > limit:
+            raise ResultTooLarge(
+                f"job {self.id}: the result is {len(data)} bytes once serialised, over "
+                f"max_result_bytes={limit}; it was not stored"
+            )
         crash_point("before-ack")
         delivery = None
         if self._started_at is not None:
@@ -267,7 +318,9 @@ class Job:
                 started_at=self._started_at,
                 ready_at=self._ready_at,
             )
-        await self._store.ack(self.id, self._token, data, delivery=delivery)
+        await self._persist(
+            "ack", lambda: self._store.ack(self.id, self._token, data, delivery=delivery)
+        )
         crash_point("after-ack-commit")
         self._finished = "acked"
         if hub.observed:
@@ -281,18 +334,21 @@ class Job:
 
         :raises LeaseLost: the lease is no longer this delivery's.
         :raises JobAlreadyFinished: this delivery was already finished.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("nack")
         if delay is None:
             seconds = backoff_seconds(self.attempts, *self._backoff)
         else:
             seconds = check_seconds("delay", delay)
-        state = await self._store.nack(
-            self.id,
-            self._token,
-            self._store.clock() + seconds,
-            _error_text(error),
-            ready_at=self._ready_at,
+        run_at = self._store.clock() + seconds
+        ready_at = self._ready_at
+        state = await self._persist(
+            "nack",
+            lambda: self._store.nack(
+                self.id, self._token, run_at, _error_text(error), ready_at=ready_at
+            ),
         )
         self._finished = "nacked"
         dead = state == JobState.DEAD
@@ -314,9 +370,13 @@ class Job:
 
         :raises LeaseLost: the lease is no longer this delivery's.
         :raises JobAlreadyFinished: this delivery was already finished.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("fail")
-        await self._store.fail(self.id, self._token, _error_text(error))
+        await self._persist(
+            "fail", lambda: self._store.fail(self.id, self._token, _error_text(error))
+        )
         self._finished = "failed"
         if hub.observed:
             self._emit(EventKind.JOB_DEAD, error)
@@ -366,10 +426,15 @@ class Job:
 
         :raises LeaseLost: the lease is no longer this delivery's.
         :raises JobAlreadyFinished: this delivery was already finished.
+        :raises DatabaseError: the database failed for good (a transient failure is retried while
+            the lease lasts; :class:`WriteAbandoned` once it has run out).
         """
         self._check("extend")
         value = check_seconds("seconds", seconds, positive=True)
-        expires = await self._store.extend(self.id, self._token, value)
+        expires = await self._persist(
+            "extend", lambda: self._store.extend(self.id, self._token, value)
+        )
+        self._lease_end = expires
         self.lease_expires_at = to_datetime(expires)  # type: ignore[assignment]
         log_event(
             logger,
@@ -379,6 +444,57 @@ class Job:
             job_id=self.id,
             queue=self.queue,
         )
+
+    async def _persist(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run ``write`` (an ack, nack, fail or extend of this delivery); on a transient
+        database error try it again with backoff for as long as the lease is ours.
+
+        Each of these writes may be repeated safely: they are fenced by the lease token, and
+        one that committed although its answer was lost is found applied by the next try (an
+        extend simply extends again). A permanent error (``LeaseLost``, a constraint) is raised
+        at once. When the lease has run out the write is given up, logged as
+        ``write_abandoned``, and :class:`WriteAbandoned` raised: the job is then left to
+        the rescue of expired leases, which delivers it again.
+        """
+        delay = RETRY_FIRST_DELAY
+        tries = 0
+        began = anyio.current_time()
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                if not self._store.backend.is_transient(exc):
+                    raise
+                tries += 1
+                remaining = self._lease_end - self._store.clock()
+                fields = {"job_id": self.id, "queue": self.queue, "error": str(exc)}
+                if remaining <= 0:
+                    elapsed = anyio.current_time() - began
+                    log_event(
+                        logger,
+                        logging.ERROR,
+                        "write_abandoned",
+                        f"job {self.id}: gave up the {what} after {tries} tries in "
+                        f"{elapsed:.1f}s: the lease has run out; the job will be delivered again",
+                        tries=tries,
+                        **fields,
+                    )
+                    raise WriteAbandoned(
+                        f"job {self.id}: the {what} was not recorded ({exc}); tried {tries} "
+                        "times until the lease ran out"
+                    ) from exc
+                if tries == 1:
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "write_retrying",
+                        f"job {self.id}: the {what} failed ({exc}); trying again for up to "
+                        f"{remaining:.1f}s while the lease lasts",
+                        **fields,
+                    )
+                # Near the end of the lease, try more often rather than sleep past it.
+                await anyio.sleep(max(RETRY_MIN_DELAY, min(delay, remaining / 2)))
+                delay = min(delay * 2, RETRY_MAX_DELAY)
 
     async def __aenter__(self) -> Job:
         return self

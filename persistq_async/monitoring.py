@@ -67,6 +67,8 @@ ACTIONS = frozenset(
         "service_failed",
         "listener_failed",
         "wal_growing",
+        "write_retrying",
+        "write_abandoned",
         "worker_started",
         "worker_stopping",
         "worker_stopped",

@@ -34,6 +34,7 @@ from .errors import (
     SerializationError,
     SupervisorError,
 )
+from .job import ResultTooLarge, WriteAbandoned
 from .metrics import EventKind, JobEvent, PoolEvent, hub
 from .monitoring import log_event
 
@@ -53,7 +54,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: How long an outcome write may take once its handler finished (it is shielded from cancel).
+#: How long an outcome write may take once its handler finished (it is shielded from cancel),
+#: beyond the ``lease_seconds`` its retries may last.
 OUTCOME_TIMEOUT = 30.0
 #: Seconds one step of a handler (from one ``await`` to the next) may hold the event loop before
 #: the handler is named as calling blocking code.
@@ -402,7 +404,10 @@ class Pool:
             # Shielded and bounded: the outcome must be recorded even when the pool is being
             # cancelled, and must not hold shutdown hostage if the database is gone.
             death: tuple[str | None] | None = None
-            with anyio.CancelScope(shield=True), anyio.move_on_after(OUTCOME_TIMEOUT):
+            # The bound also covers retries of a write that fails on a transient error, which
+            # go on while the lease lasts.
+            bound = OUTCOME_TIMEOUT + self.queue.options.lease_seconds
+            with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
                 try:
                     death = await self._settle(execution, result, error)
                 except Exception:  # an executor must never take its pool down
@@ -550,6 +555,18 @@ class Pool:
             else:
                 try:
                     await job.ack(result)
+                except ResultTooLarge as exc:
+                    # The same handler would return the same again: dead now, not retried.
+                    self.failed += 1
+                    await job.fail(error=str(exc))
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "result_unstorable",
+                        f"job {job.id}: {exc}",
+                        **fields,
+                    )
+                    death = (str(exc),)
                 except SerializationError as exc:
                     self.failed += 1
                     message = f"the handler's result cannot be stored: {exc}"
@@ -582,6 +599,8 @@ class Pool:
                 f"job {job.id}: {exc}",
                 **fields,
             )
+        except WriteAbandoned:
+            pass  # retried until the lease ran out, and logged as write_abandoned
         except PersistQError as exc:
             # The database failed or the queue closed: the lease will expire and the job be
             # rescued, so nothing is lost; say so rather than crash the pool.

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy.engine import URL
@@ -32,9 +32,15 @@ from ._queue_schedules import ScheduleMethods
 from ._types import Serializer
 from .backends import backend_for, normalize_url
 from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
-from .errors import ArgumentError, ArgumentTypeError, QueueClosed, SerializationError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DatabaseError,
+    QueueClosed,
+    SerializationError,
+)
 from .flowcontrol import FlowControl, flow_options
-from .job import Job, decode
+from .job import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, RETRY_MIN_DELAY, Job, decode
 from .metrics import EventKind, JobEvent, hub
 from .monitoring import log_event
 from .observe import Monitored
@@ -42,9 +48,14 @@ from .results import ResultMethods
 from .serializers import JSONSerializer
 from .store import JobStore, NewJob
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
 __all__ = ["Queue", "Watch"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: How often an idle queue deletes finished jobs past ``retention_seconds``.
 CLEAN_INTERVAL = 60.0
@@ -81,7 +92,7 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         ``max_attempts``, ``backoff_base``, ``backoff_max``, ``poll_interval``,
         ``retention_seconds``, ``durability``, ``busy_timeout``; flow control: ``rate_limit``,
         ``rate_burst``, ``max_running``, ``dead_letter_queue``, written to the database when
-        the queue opens).
+        the queue opens; ``max_payload_bytes``, ``max_result_bytes``).
     :raises ConfigError: an unknown or ill-typed option.
     """
 
@@ -212,6 +223,7 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         now: float,
         tags: str | None = None,
         headers: str | None = None,
+        index: int | None = None,
     ) -> NewJob:
         priority = check_int("priority", priority)
         if not -(2**31) <= priority < 2**31:
@@ -231,6 +243,13 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         data = self.serializer.dumps(payload)
         if not isinstance(data, bytes):
             raise SerializationError(f"the serializer returned {type(data).__name__}, not bytes")
+        limit = self.options.max_payload_bytes
+        if len(data) > limit:
+            where = "payload" if index is None else f"payloads[{index}]"
+            raise SerializationError(
+                f"{where}: {len(data)} bytes once serialised, over max_payload_bytes={limit}; "
+                "nothing was written"
+            )
         return NewJob(
             payload=data,
             priority=priority,
@@ -269,13 +288,14 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
             ``MAX_HEADERS`` entries and ``MAX_HEADERS_BYTES`` bytes in all.
         :param connection: the application's own ``AsyncConnection`` or ``AsyncSession`` on the
             same database: the job is written in its transaction and exists iff that commits.
-        :raises SerializationError: the payload is not a JSON value; nothing is written.
+        :raises SerializationError: the payload is not a JSON value, or is larger than
+            ``max_payload_bytes`` once serialised; nothing is written.
         :raises ArgumentError: a bad value (negative delay, naive run_at, both delay and run_at,
             tags or headers past their limits).
         :raises ArgumentTypeError: an argument of the wrong type.
         """
         options = (priority, delay, run_at, max_attempts, dedupe_key)
-        ids = await self._put([payload], options, tags, headers, connection)
+        ids = await self._put([payload], options, tags, headers, connection, many=False)
         log_event(logger, logging.DEBUG, "job_put", "job put", job_id=ids[0], queue=self.name)
         return ids[0]
 
@@ -294,14 +314,15 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
     ) -> list[int]:
         """Add several jobs with the same options in one transaction: all or nothing.
 
-        Takes the options of :meth:`put`; returns the ids in the order of ``payloads``.
+        Takes the options of :meth:`put`; returns the ids in the order of ``payloads``. Every
+        payload is encoded and checked (``max_payload_bytes`` included) before any is written.
         """
         if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
             raise ArgumentTypeError(
                 f"payloads: expected an iterable of payloads, got {type(payloads).__name__}"
             )
         options = (priority, delay, run_at, max_attempts, dedupe_key)
-        ids = await self._put(list(payloads), options, tags, headers, connection)
+        ids = await self._put(list(payloads), options, tags, headers, connection, many=True)
         if ids:
             log_event(logger, logging.DEBUG, "job_put", "jobs put", count=len(ids), queue=self.name)
         return ids
@@ -313,8 +334,11 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         tags: Any,
         headers: Any,
         connection: AsyncConnection | AsyncSession | None,
+        *,
+        many: bool,
     ) -> list[int]:
-        """Check, build and insert the jobs, inside the tracers' put spans when any is
+        """Check, build and insert the jobs (``many``: of a put_many, whose errors name the
+        index of the payload), inside the tracers' put spans when any is
         registered (they may add trace context to the headers first); then tell observers."""
         store = self.store
         stored_tags = encode_tags(check_tags(tags))
@@ -324,7 +348,13 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
 
         def build() -> list[NewJob]:
             now, stored_headers = store.clock(), encode_headers(checked_headers)
-            return [self._new_job(p, *options, now, stored_tags, stored_headers) for p in payloads]
+            # Every payload is encoded and checked (type, size) before any is written.
+            return [
+                self._new_job(
+                    p, *options, now, stored_tags, stored_headers, index=i if many else None
+                )
+                for i, p in enumerate(payloads)
+            ]
 
         if hub.traced:
             with hub.put_spans(self.name, checked_headers, len(payloads)) as report:
@@ -337,12 +367,50 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
                 hub.emit(JobEvent(kind=EventKind.JOB_PUT, queue=self.name, job_id=job_id))
         return ids
 
+    async def _retrying(
+        self, what: str, write: Callable[[], Awaitable[T]], *, repeatable: Callable[[Any], bool]
+    ) -> T:
+        """Run ``write``; on a transient database error that ``repeatable`` says may be tried
+        again, try again with backoff for up to ``lease_seconds`` (the outage a queue rides
+        out), then raise the last error."""
+        store = self.store
+        deadline = anyio.current_time() + self.options.lease_seconds
+        delay = RETRY_FIRST_DELAY
+        tries = 0
+        while True:
+            try:
+                return await write()
+            except DatabaseError as exc:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0 or not store.backend.is_transient(exc) or not repeatable(exc):
+                    raise
+                tries += 1
+                if tries == 1:
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "write_retrying",
+                        f"a {what} failed ({exc}); trying again for up to {remaining:.1f}s",
+                        queue=self.name,
+                        error=str(exc),
+                    )
+                await anyio.sleep(max(RETRY_MIN_DELAY, min(delay, remaining)))
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
     async def _insert(
         self, new: list[NewJob], connection: AsyncConnection | AsyncSession | None
     ) -> list[int]:
         store = self.store
         if connection is None:
-            return await store.put(self.name, new)
+            # A put is repeated only where the failed try cannot have committed (it would add
+            # the jobs twice), or where every job has a dedupe key (a try that did commit
+            # holds the key, and the next returns that job's id).
+            deduped = all(job.dedupe_key is not None for job in new)
+            return await self._retrying(
+                "put",
+                lambda: store.put(self.name, new),
+                repeatable=lambda exc: deduped or store.backend.never_committed(exc),
+            )
         if isinstance(connection, AsyncSession):
             conn = await connection.connection()
         elif isinstance(connection, AsyncConnection):
@@ -381,6 +449,7 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
             store=self.store,
             serializer=self.serializer,
             backoff=(self.options.backoff_base, self.options.backoff_max),
+            max_result_bytes=self.options.max_result_bytes,
         )
 
     async def claim(
@@ -397,7 +466,11 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
             if lease_seconds is None
             else check_float("lease_seconds", lease_seconds, positive=True)
         )
-        result = await store.claim(self.name, limit, lease)
+        # A claim may always be repeated: one that committed unseen leased jobs under a token
+        # nobody holds; they come back when that lease expires, their handlers never having run.
+        result = await self._retrying(
+            "claim", lambda: store.claim(self.name, limit, lease), repeatable=lambda _: True
+        )
         if result.records:
             crash_point("after-claim-commit")
         claimed: list[Job] = []

@@ -21,7 +21,25 @@ if TYPE_CHECKING:
 
     from ..config import Options
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "error_chain"]
+
+
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, the driver error a SQLAlchemy error wraps (``orig``), and their causes
+    (``raise ... from``), each once, outermost first: how a backend finds what a wrapped error
+    was. Contexts (an error raised while handling another) are not followed: they may be
+    unrelated."""
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        item = pending.pop(0)
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        orig = getattr(item, "orig", None)
+        pending.extend([orig if isinstance(orig, BaseException) else None])
+        pending.append(item.__cause__)
+    return seen
 
 
 class Backend(abc.ABC):
@@ -89,6 +107,10 @@ class Backend(abc.ABC):
     def writer_lock(self) -> AbstractContextManager[Any] | None:
         """A lock the writer thread holds around each batch, if the backend needs one."""
         return None
+
+    async def dispose_engine(self, engine: AsyncEngine) -> None:
+        """Close the connections of :meth:`create_engine`'s engine (at the queue's close)."""
+        await engine.dispose()
 
     def notify_work(self, conn: Connection, queue: str) -> None:  # noqa: B027 - optional hook
         """Inside a write transaction that made jobs of ``queue`` claimable: tell other
@@ -166,3 +188,22 @@ class Backend(abc.ABC):
 
     def after_batch(self, conn: Connection) -> None:  # noqa: B027 - optional hook
         """On a dedicated writer thread, after a batch committed (housekeeping; must not raise)."""
+
+    @abc.abstractmethod
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (a driver error, or anything in its chain of causes) is a failure
+        that the same write may get past if tried again a little later: the server restarting
+        or refusing connections, the connection lost, a lock or serialization conflict. A
+        permanent error (a constraint, a bad statement, a full disk, a lost lease) is not.
+
+        A transient error says nothing about whether the write committed; see
+        :meth:`never_committed`.
+        """
+
+    @abc.abstractmethod
+    def never_committed(self, exc: BaseException) -> bool:
+        """Whether a write that failed with ``exc`` certainly did not commit: the connection
+        was never made, or the database rolled the transaction back (a conflict). A connection
+        lost during a transaction is not such an error: its ``COMMIT`` may have been applied
+        without the answer reaching us. Only writes for which this holds may be repeated
+        blindly (a put without a dedupe key)."""

@@ -11,6 +11,8 @@ job by at most ``SLOW_POLL`` seconds, it never strands it. The listener reconnec
 from __future__ import annotations
 
 import logging
+import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ..schema import DEDUPE, jobs, queue_settings
-from .base import Backend
+from .base import Backend, error_chain
 from .prepared import Prepared
 
 __all__ = ["PostgresBackend"]
@@ -57,6 +59,17 @@ _PUT_COLUMNS = frozenset(
         "headers",
     }
 )
+#: SQLSTATEs a later try can get past. 40001 serialization failure, 40P01 deadlock, 55P03 lock
+#: not available: the server rolled the transaction back. 57P01 admin shutdown, 57P02 crash
+#: shutdown, 57P03 cannot connect now (starting or shutting down), 53300 too many connections:
+#: the server is going away, coming back, or full. Class 08: the connection failed.
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300"})
+#: Those among them that prove the transaction did not commit: rolled back by the server
+#: (conflicts), or raised while connecting (57P03 and 53300 come before any statement; 08001
+#: and 08004 are a connection that could not be made or was refused).
+_NEVER_COMMITTED_STATES = frozenset({"40001", "40P01", "55P03", "57P03", "53300", "08001", "08004"})
+
+_BROKEN_CONNECTION = re.compile(r"closed|another operation|cannot switch to state", re.IGNORECASE)
 
 # One statement for a single put: the row, its id, and the notification at commit (repeated
 # notifications of one transaction are folded into one by the server).
@@ -183,6 +196,37 @@ class PostgresBackend(Backend):
             self._last_poll = now
             self._changes += 1
         return self._changes
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """Connection lost or refused, the server shutting down or starting up (57P01,
+        57P02, 57P03), too many connections (53300), serialization failures (40001),
+        deadlocks (40P01) and lock timeouts (55P03); see :meth:`Backend.is_transient`."""
+        for item in error_chain(exc):
+            state = getattr(item, "sqlstate", None)
+            if isinstance(state, str) and (state in _TRANSIENT_STATES or state.startswith("08")):
+                return True
+            if getattr(item, "connection_invalidated", False):
+                return True  # SQLAlchemy's verdict: the dialect saw a disconnect
+            if isinstance(item, (OSError, TimeoutError)):
+                return True  # refused, reset, unreachable, or a connect that timed out
+            if type(item).__name__ == "InterfaceError" and _BROKEN_CONNECTION.search(str(item)):
+                # asyncpg, on a connection the server dropped or an interrupted operation left
+                # unusable ("connection is closed", "cannot switch to state ..., another
+                # operation is in progress"); nothing was sent. Other interface errors are
+                # mistakes in a statement, and permanent.
+                return True
+        return False
+
+    def never_committed(self, exc: BaseException) -> bool:
+        """A conflict the server rolled back, or a connection that was never made (refused,
+        or the server not accepting connections yet); see :meth:`Backend.never_committed`."""
+        for item in error_chain(exc):
+            state = getattr(item, "sqlstate", None)
+            if isinstance(state, str) and state in _NEVER_COMMITTED_STATES:
+                return True
+            if isinstance(item, (ConnectionRefusedError, socket.gaierror)):
+                return True
+        return False
 
     def is_busy(self, exc: BaseException) -> bool:
         """Serialization failures and deadlocks, which PostgreSQL asks the client to retry."""

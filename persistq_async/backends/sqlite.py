@@ -13,15 +13,15 @@ Pragmas, and why:
   WAL back into the database in small steps, inside the commit that passes the mark.
 - ``foreign_keys=ON``: attempt rows go with their job.
 
-Only the writer connection checkpoints. SQLite 3.7.0 to 3.51.2 (fixed in 3.51.3, 3.50.7 and
-3.44.6) have a race, the WAL-reset bug, in which a checkpoint that starts while *another*
-connection resets the WAL can leave pages uncopied and corrupt the database. A checkpoint on the
-connection that also does all the writes can never overlap its own reset, and the writers of
-the queues one process has open on one file take turns (:meth:`SQLiteBackend.writer_lock`). (A
-thread with a connection of its own that checkpointed beside the writer, tried for latency,
-corrupted the database in a 30-minute kill -9 chaos run; see docs/soak.md.) Several processes
-writing one file each checkpoint on their own writer, which a version with the bug cannot make
-safe.
+Only the writer connection writes and checkpoints. SQLite 3.7.0 to 3.51.2 (fixed in 3.51.3,
+3.50.7 and 3.44.6) have a race, the WAL-reset bug, in which a checkpoint that starts while
+*another* connection resets the WAL can leave pages uncopied and corrupt the database. Every
+writer of every process holds one lock per file (:mod:`.wal_lock`: a thread lock and ``flock`` on
+a lock file beside the database) from ``BEGIN IMMEDIATE`` to the end of its commit's checkpoint,
+and around opening and closing connections, so no checkpoint of ours overlaps a reset of ours
+(docs/wal-lock.md gives the argument). An application's own connection writing the same file
+stays outside it. (A thread with a connection of its own that checkpointed beside the writer,
+tried for latency, corrupted the database in a 30-minute kill -9 chaos run; see docs/soak.md.)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import functools
 import logging
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,7 +45,8 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import DatabaseError, DatabaseNotFound, SchemaError
 from ..schema import APPLICATION_ID, DEDUPE, jobs, queue_settings
-from .base import Backend
+from .base import Backend, error_chain
+from .wal_lock import WalLock, wal_lock_for
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL, Connection, Engine
@@ -118,12 +118,6 @@ def _foreign_tables(path: Path, mode: str) -> list[str]:
     return sorted(t for t in tables if not t.startswith(("persistq_", "sqlite_")))
 
 
-#: One lock per database file (by real path) for the writers of this process; never removed
-#: (one small lock per file a process ever wrote).
-_writer_locks: dict[str, threading.Lock] = {}
-_writer_locks_guard = threading.Lock()
-
-
 class SQLiteBackend(Backend):
     """An SQLite file: one writer connection per queue, a few readers."""
 
@@ -157,19 +151,27 @@ class SQLiteBackend(Backend):
             cursor.close()
         self._synced = durable
 
-    def writer_lock(self) -> threading.Lock:
-        """The lock the writers of this process hold around their work on this file.
+    def writer_lock(self) -> WalLock:
+        """The lock every writer of this file, in every process, holds around its work.
 
-        Every queue has a writer connection of its own; two queues on one file are two writers.
-        SQLite's write lock already makes their transactions take turns, but a commit's
-        checkpoint runs after that lock is released: holding this lock from ``BEGIN`` until the
-        checkpoint is done keeps one writer's checkpoint from starting while the other resets
-        the WAL (the WAL-reset bug, in the module docstring). It costs no throughput: the
-        transactions could not overlap anyway.
+        Every queue has a writer connection of its own; two queues, or two processes, on one
+        file are two writers. SQLite's write lock already makes their transactions take turns,
+        but a commit's checkpoint runs after that lock is released: holding this lock from
+        ``BEGIN`` until the checkpoint is done keeps one writer's checkpoint from starting
+        while another resets the WAL (the WAL-reset bug, in the module docstring). It costs
+        little throughput: the transactions could not overlap anyway.
         """
-        key = os.path.realpath(self.path)
-        with _writer_locks_guard:
-            return _writer_locks.setdefault(key, threading.Lock())
+        return wal_lock_for(self.path)
+
+    async def dispose_engine(self, engine: AsyncEngine) -> None:
+        """Close the readers under the file's lock: the last connection to a WAL database to
+        close checkpoints it."""
+        lock = self.writer_lock()
+        await anyio.to_thread.run_sync(lock.acquire)
+        try:
+            await engine.dispose()
+        finally:
+            lock.release()
 
     def after_batch(self, conn: Connection) -> None:
         """On the writer thread after a commit: notice a WAL that checkpoints cannot shrink.
@@ -245,11 +247,15 @@ class SQLiteBackend(Backend):
             conn.exec_driver_sql(begin)
 
     def create_engine(self) -> AsyncEngine:
-        """Readers, through aiosqlite; they never take the write lock."""
+        """Readers, through aiosqlite; they never take the write lock.
+
+        A fixed pool, no overflow: a connection is then closed only when the engine is disposed
+        (:meth:`dispose_engine`, under the file's lock), never on its return to the pool.
+        """
         engine = create_async_engine(
             self.url,
-            pool_size=3,
-            max_overflow=3,
+            pool_size=6,
+            max_overflow=0,
             connect_args={"timeout": self.options.busy_timeout, "check_same_thread": False},
         )
         self._install_hooks(engine.sync_engine, begin="BEGIN")
@@ -334,6 +340,8 @@ class SQLiteBackend(Backend):
         # checkpoint: read both, read-only (a read-only connection never checkpoints). Without
         # one, immutable=1 reads the main file without creating -wal or -shm files.
         hot = wal.exists() and wal.stat().st_size > 0
+        # Without the file's lock: a read-only connection can neither reset the WAL nor
+        # checkpoint it (docs/wal-lock.md), and a foreign file must be left without a lock file.
         foreign = _foreign_tables(path, "mode=ro" if hot else "immutable=1")
         if foreign:
             raise SchemaError(
@@ -451,6 +459,20 @@ class SQLiteBackend(Backend):
         value = result.scalar_one()
         await conn.commit()
         return int(value)
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """SQLITE_BUSY and SQLITE_LOCKED: another process held the lock past
+        ``busy_timeout`` (the writer has already waited, and tried again, by then)."""
+        return any(
+            self.is_busy(item)
+            for item in error_chain(exc)
+            if isinstance(item, (DBAPIError, sqlite3.Error))
+        )
+
+    def never_committed(self, exc: BaseException) -> bool:
+        """A busy or locked write never committed: ``BEGIN IMMEDIATE`` takes the write lock
+        before any statement, and a WAL commit made under it cannot be refused as busy."""
+        return self.is_transient(exc)
 
     def is_busy(self, exc: BaseException) -> bool:
         """SQLITE_BUSY and SQLITE_LOCKED, which a later retry can get past."""

@@ -143,7 +143,7 @@ class JobStore(StoreOperations):
                         extra={"action": "connection_close_failed"},
                     )
             if self._engine is not None:
-                await self._engine.dispose()
+                await self.backend.dispose_engine(self._engine)
                 self._engine = None
 
     def _check_open(self) -> Writer:

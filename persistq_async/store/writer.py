@@ -230,12 +230,23 @@ def run_batch(
             for op in remaining:
                 op.error = error
             return
+        except OSError as exc:
+            # A connection that could not be made again (SQLAlchemy re-connects a connection
+            # it invalidated, and the driver's refusal is not a DBAPI error).
+            _rollback_quietly(conn)
+            error = DatabaseError(f"writing failed on {where}: {exc}")
+            error.__cause__ = exc  # what the backend looks at to tell a transient failure
+            for op in remaining:
+                if op.error is None:
+                    op.error = error
+            return
         except Exception as exc:
             _rollback_quietly(conn)
             logger.exception("a write batch failed unexpectedly", extra={"action": "write_failed"})
             for op in remaining:
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
+                    op.error.__cause__ = exc
             return
 
 
@@ -366,7 +377,8 @@ class ThreadWriter(Writer):
         loop = self._loop
         assert loop is not None
         try:
-            conn = self._connect()
+            with self._lock:  # opening runs the connection's pragmas (journal_mode=WAL)
+                conn = self._connect()
         except BaseException as exc:
             loop.call_soon_threadsafe(report, exc)
             return
@@ -535,6 +547,7 @@ class DirectWriter(Writer):
             error: BaseException = wrap_db_error(exc, "connecting", self._where)
         except OSError as exc:
             error = DatabaseError(f"connecting failed on {self._where}: {exc}")
+            error.__cause__ = exc  # what the backend looks at to tell a transient failure
         else:
             for op in batch:
                 op.finish()

@@ -479,3 +479,30 @@ def test_config_error_is_a_value_error_and_persistq_error(tmp_path: Path) -> Non
     assert isinstance(info.value, ArgumentError)
     with pytest.raises(ValueError, match="lease_seconds"):
         resolve(tmp_path, {"lease_seconds": -1})
+
+
+# --- size limits (issue 12) ----------------------------------------------------------------------
+
+
+def test_size_limits_default_and_come_from_every_layer(tmp_path: Path) -> None:
+    options = resolve(tmp_path)
+    assert options.max_payload_bytes == config.DEFAULT_MAX_PAYLOAD_BYTES == 4 * 1024 * 1024
+    assert options.max_result_bytes == config.DEFAULT_MAX_RESULT_BYTES == 4 * 1024 * 1024
+    write(tmp_path, "persistq.toml", "max_payload_bytes = 1000\nmax_result_bytes = 2000\n")
+    options = resolve(tmp_path, PERSISTQ_MAX_RESULT_BYTES="3000")
+    assert (options.max_payload_bytes, options.max_result_bytes) == (1000, 3000)
+    options = resolve(tmp_path, {"max_payload_bytes": 10}, PERSISTQ_MAX_PAYLOAD_BYTES="20")
+    assert options.max_payload_bytes == 10
+
+
+@pytest.mark.parametrize("name", ["max_payload_bytes", "max_result_bytes"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, "must be >= 1, got 0"), (1.5, "expected an integer, got 1.5"), (True, "expected an")],
+)
+def test_size_limits_are_checked(tmp_path: Path, name: str, value: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(tmp_path, {name: value})
+    assert str(info.value).startswith(f"option {name!r} from keyword argument: {expected}")
+    with pytest.raises(ConfigError, match=f"environment variable PERSISTQ_{name.upper()}"):
+        resolve(tmp_path, **{"PERSISTQ_" + name.upper(): "4MB"})
