@@ -112,7 +112,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def insert_jobs(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Insert rows of the jobs table (every row with the same keys); their ids, in order."""
+        """Insert rows of the jobs table (every row with the same keys); their ids, in order.
+
+        Like :meth:`notify_work`, it tells other processes at commit that the rows' queues have
+        work, where the database can.
+        """
 
     @abc.abstractmethod
     def insert_deduplicated(self, conn: Connection, row: Mapping[str, Any]) -> int | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-from sqlalchemy import Select, insert, text
+from sqlalchemy import Select, bindparam, func, insert, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from ..schema import DEDUPE, jobs
 from .base import Backend
+from .prepared import Prepared
 
 __all__ = ["PostgresBackend"]
 
@@ -38,8 +39,30 @@ CHANNEL = "persistq_jobs"
 SLOW_POLL = 2.0
 #: Seconds between attempts to reconnect a lost listener.
 RECONNECT_DELAY = 1.0
+#: Rows the puts of several callers in one batch may insert with one statement.
+GROUPED_PUT_ROWS = 1_000
+_PUT_COLUMNS = frozenset(
+    {
+        "queue",
+        "state",
+        "payload",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "run_at",
+        "enqueued_at",
+        "created_at",
+        "dedupe_key",
+    }
+)
 
-_INSERT_RETURNING = insert(jobs).returning(jobs.c.id)
+# One statement for a single put: the row, its id, and the notification at commit (repeated
+# notifications of one transaction are folded into one by the server).
+_INSERT_ONE = Prepared(
+    insert(jobs)
+    .values({c: bindparam(c.key, type_=c.type) for c in jobs.c if c.key in _PUT_COLUMNS})
+    .returning(jobs.c.id, func.pg_notify(CHANNEL, jobs.c.queue))
+)
 
 
 class PostgresBackend(Backend):
@@ -173,14 +196,21 @@ class PostgresBackend(Backend):
         )
 
     def insert_jobs(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> list[int]:
-        """``INSERT ... RETURNING id``, ids in the order of the rows."""
+        """``INSERT ... RETURNING id``, ids in the order of the rows, with the notification of
+        their queues in the same statement for one row."""
         if len(rows) == 1:
-            return [int(conn.execute(_INSERT_RETURNING, dict(rows[0])).scalar_one())]
+            return [int(_INSERT_ONE.rows(conn, rows[0])[0][0])]
         result = conn.execute(
             insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True),
             [dict(row) for row in rows],
         )
+        for queue in sorted({str(row["queue"]) for row in rows}):
+            self.notify_work(conn, queue)
         return [int(job_id) for job_id in result.scalars()]
+
+    def grouped_put_rows(self) -> int:
+        """The single puts of a batch go in as one multi-row ``INSERT ... RETURNING``."""
+        return GROUPED_PUT_ROWS
 
     def insert_deduplicated(self, conn: Connection, row: Mapping[str, Any]) -> int | None:
         """``INSERT ... ON CONFLICT DO NOTHING`` on the partial dedupe index; a server database

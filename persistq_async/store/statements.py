@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Integer, bindparam, case, func, insert, literal_column, select, update
 
 from .._types import JobState
+from ..backends.prepared import Prepared
 from ..schema import QUEUED, RUNNING, attempts, jobs
-from .prepared import Prepared
 
 if TYPE_CHECKING:
     from ..backends import Backend

@@ -20,10 +20,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .._types import FINISHED_STATES, JobState
 from ..backends import Backend
+from ..backends.prepared import Prepared
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import statements as st
-from .prepared import Prepared
 from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row
 from .writer import BulkOp
 
@@ -86,10 +86,10 @@ def put(conn: Connection, ctx: Context, queue: str, new: Sequence[NewJob]) -> li
     """Insert jobs; their ids, or for a held ``dedupe_key`` the holder's id."""
     now = ctx.clock()
     rows = [_job_row(queue, job, now) for job in new]
-    ctx.backend.notify_work(conn, queue)
     if any(row["dedupe_key"] is not None for row in rows):
+        ctx.backend.notify_work(conn, queue)
         return [_put_deduplicated(conn, ctx, row) for row in rows]
-    return ctx.backend.insert_jobs(conn, rows)
+    return ctx.backend.insert_jobs(conn, rows)  # which notifies
 
 
 def _put_deduplicated(conn: Connection, ctx: Context, row: dict[str, Any]) -> int:
@@ -118,6 +118,7 @@ class PutOp(BulkOp[list[int]]):
         on_commit: Callable[[list[int]], None],
     ) -> None:
         super().__init__(lambda conn: put(conn, ctx, queue, new), on_commit, kind="put")
+        self.single_statement = len(new) == 1
         self.ctx = ctx
         self.queue = queue
         self.new = new
@@ -146,8 +147,6 @@ class PutOp(BulkOp[list[int]]):
         for op in ops:
             op.result = ids[start : start + len(op.new)]
             start += len(op.new)
-        for queue in sorted({op.queue for op in ops}):
-            ctx.backend.notify_work(conn, queue)
         return True
 
 

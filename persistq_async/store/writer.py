@@ -96,6 +96,7 @@ class Op(Generic[T]):
         "on_abandon",
         "on_commit",
         "result",
+        "single_statement",
     )
 
     def __init__(
@@ -107,6 +108,9 @@ class Op(Generic[T]):
         kind: str = "write",
     ) -> None:
         self.fn = fn
+        #: Whether ``fn`` runs exactly one statement, so that alone it needs no transaction
+        #: around it (see :meth:`DirectWriter._execute`).
+        self.single_statement = False
         #: What the operation is (put, claim, ack...), for crash points and diagnostics.
         self.kind = kind
         self.on_commit = on_commit
@@ -233,6 +237,20 @@ def run_batch(
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
             return
+
+
+def run_alone(conn: Connection, op: Op[Any], *, where: str) -> None:
+    """Run a single-statement ``op`` on a connection in autocommit, setting its result or
+    error. Never raises."""
+    try:
+        op.result = op.fn(conn)
+    except PersistQError as exc:
+        op.error = exc
+    except DBAPIError as exc:
+        op.error = wrap_db_error(exc, "writing", where)
+    except Exception as exc:
+        logger.exception("a write failed unexpectedly", extra={"action": "write_failed"})
+        op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
 
 
 def _claims_last(op: Op[Any]) -> bool:
@@ -500,11 +518,19 @@ class DirectWriter(Writer):
     async def _execute(self, batch: list[Op[Any]]) -> None:
         try:
             async with self._engine.connect() as conn:
-                await conn.run_sync(
-                    lambda sync_conn: run_batch(
-                        sync_conn, batch, where=self._where, is_busy=self._is_busy, sleep=None
+                if len(batch) == 1 and batch[0].single_statement:
+                    # One statement is atomic by itself: in autocommit it is one round trip,
+                    # where BEGIN and COMMIT around it would be three.
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    await conn.run_sync(
+                        lambda sync_conn: run_alone(sync_conn, batch[0], where=self._where)
                     )
-                )
+                else:
+                    await conn.run_sync(
+                        lambda sync_conn: run_batch(
+                            sync_conn, batch, where=self._where, is_busy=self._is_busy, sleep=None
+                        )
+                    )
         except DBAPIError as exc:
             error: BaseException = wrap_db_error(exc, "connecting", self._where)
         except OSError as exc:
