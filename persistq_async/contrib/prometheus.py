@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -95,6 +95,18 @@ class _Snapshot:
     workers: dict[str, int] = field(default_factory=dict)
 
 
+class _Children:
+    """One queue's labelled metrics."""
+
+    __slots__ = ("duration", "outcomes", "put", "wait")
+
+    def __init__(self, collector: PersistqCollector, queue: str) -> None:
+        self.put = collector._put.labels(queue)
+        self.wait = collector._wait.labels(queue)
+        self.duration = collector._duration.labels(queue)
+        self.outcomes: dict[str, Any] = {}
+
+
 class PersistqCollector(Collector):
     """Collects persistq_async metrics; see the module docstring for the names.
 
@@ -116,6 +128,8 @@ class PersistqCollector(Collector):
         self.namespace = namespace
         self._snapshot = _Snapshot()
         self._subscribed = False
+        # The labelled children by queue: labels() takes a lock and builds a key every call.
+        self._children: dict[str, _Children] = {}
         ns = namespace
         # registry=None: these live inside this collector, which yields them at collect().
         self._jobs = Counter(
@@ -151,20 +165,26 @@ class PersistqCollector(Collector):
     def __call__(self, event: Event) -> None:
         """The observer: count one event (registered by :meth:`subscribe`)."""
         if isinstance(event, JobEvent):
+            children = self._children.get(event.queue)
+            if children is None:
+                children = self._children[event.queue] = _Children(self, event.queue)
             if event.kind is EventKind.JOB_PUT:
-                self._put.labels(event.queue).inc()
+                children.put.inc()
                 return
             if event.kind is EventKind.JOB_CLAIMED:
                 if event.wait_seconds is not None:
-                    self._wait.labels(event.queue).observe(max(0.0, event.wait_seconds))
+                    children.wait.observe(max(0.0, event.wait_seconds))
                 return
             outcome = _OUTCOMES.get(event.kind)
             if outcome is None:
                 return
-            self._jobs.labels(event.queue, outcome).inc()
+            counter = children.outcomes.get(outcome)
+            if counter is None:
+                counter = children.outcomes[outcome] = self._jobs.labels(event.queue, outcome)
+            counter.inc()
             # A timeout is followed by its nack, which carries the run time: count it once.
             if event.run_seconds is not None and event.kind is not EventKind.JOB_TIMEOUT:
-                self._duration.labels(event.queue).observe(max(0.0, event.run_seconds))
+                children.duration.observe(max(0.0, event.run_seconds))
         elif isinstance(event, PoolEvent) and event.kind is EventKind.POOL_RESTARTED:
             self._restarts.labels(event.pool, event.queue).inc()
 

@@ -238,7 +238,8 @@ async def test_a_full_database_refuses_puts_keeps_jobs_and_recovers(db_path: Pat
         # All or nothing: a put_many that does not fit leaves nothing behind.
         with pytest.raises(pq.DatabaseError, match="full"):
             await q.put_many([{"big": "y" * 3000} for _ in range(10)])
-        assert await q.stats() == before
+        after = await q.stats()  # the counts: the lag and the window move with the clock
+        assert (after.queued, after.total) == (before.queued, before.total)
         assert before.queued == len(ids) + len(accepted)
         await assert_jobs_intact(q, ids)
         for job_id in accepted:
