@@ -53,6 +53,8 @@ _PUT_COLUMNS = frozenset(
         "enqueued_at",
         "created_at",
         "dedupe_key",
+        "tags",
+        "headers",
     }
 )
 
