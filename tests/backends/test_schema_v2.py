@@ -16,8 +16,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import persistq_async as pq
 from persistq_async import schema
 
-FIXTURES = Path(__file__).parent.parent / "fixtures"
-
 
 async def _columns(url: str, table: str) -> set[str]:
     async_url = url if "://" in url else f"sqlite+aiosqlite:///{url}"
