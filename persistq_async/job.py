@@ -35,6 +35,7 @@ __all__ = [
     "WriteAbandoned",
     "backoff_seconds",
     "decode",
+    "retry_transient",
     "to_datetime",
 ]
 
@@ -65,6 +66,41 @@ class ResultTooLarge(SerializationError):
     A pool fails the job with this error rather than store the result (or retry a handler that
     would return the same again).
     """
+
+
+async def retry_transient(
+    write: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    queue: str,
+    patience: float,
+    retryable: Callable[[DatabaseError], bool],
+) -> T:
+    """Run ``write``; on a :class:`DatabaseError` that ``retryable`` accepts, try again with
+    backoff for up to ``patience`` seconds (logged once as ``write_retrying``), then raise the
+    last error. For puts and claims, where the caller decides what may be repeated."""
+    deadline = anyio.current_time() + patience
+    delay = RETRY_FIRST_DELAY
+    tries = 0
+    while True:
+        try:
+            return await write()
+        except DatabaseError as exc:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0 or not retryable(exc):
+                raise
+            tries += 1
+            if tries == 1:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "write_retrying",
+                    f"a {what} failed ({exc}); trying again for up to {remaining:.1f}s",
+                    queue=queue,
+                    error=str(exc),
+                )
+            await anyio.sleep(max(RETRY_MIN_DELAY, min(delay, remaining)))
+            delay = min(delay * 2, RETRY_MAX_DELAY)
 
 
 def to_datetime(timestamp: float | None) -> datetime | None:

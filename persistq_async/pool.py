@@ -9,12 +9,9 @@ refused, or handed back, each write shielded from the cancellation that caused i
 
 from __future__ import annotations
 
-import enum
-import inspect
 import logging
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,10 +19,10 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._checks import check_float, check_int, check_name
 from ._crash import crash_point
+from ._execution import DeadHook, Execution, StopReason, check_handler, check_on_dead
 from ._steps import TimedSteps
 from ._types import Handler
 from .errors import (
-    ArgumentTypeError,
     JobAlreadyFinished,
     LeaseLost,
     PersistQError,
@@ -63,68 +60,6 @@ DEFAULT_BLOCK_THRESHOLD = 0.5
 
 #: How long an ``on_dead`` hook may run before it is cancelled (and the failure logged).
 ON_DEAD_TIMEOUT = 30.0
-
-#: ``async def on_dead(job, error)``: called in the worker after a job it ran died.
-DeadHook = Callable[["Job", "str | None"], Awaitable[None]]
-
-
-class StopReason(enum.StrEnum):
-    """Why an executor's cancel scope was cancelled."""
-
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"  # Queue.cancel(id), here or in another process
-    LEASE_LOST = "lease lost"  # the heartbeat found the lease gone
-    SHUTDOWN = "shutdown"  # the pool is stopping and the grace period ran out
-
-
-@dataclass(slots=True, eq=False)
-class Execution:
-    """One delivery being run by a pool's executor."""
-
-    job: Job
-    scope: anyio.CancelScope
-    started_at: float  # anyio time
-    deadline: float  # anyio time; inf without a job timeout
-    reason: StopReason | None = None
-    #: Set by the watchdog when the handler ignored its cancellation: its lease is no longer
-    #: extended, so another consumer gets the job once the lease runs out.
-    unresponsive: bool = False
-    warned: bool = field(default=False)
-    #: The handler has returned (or raised): its outcome is being recorded.
-    settling: bool = False
-    #: Seconds this handler's own slow steps held the event loop (steps past the threshold).
-    blocked_seconds: float = 0.0
-
-    def stop(self, reason: StopReason) -> None:
-        """Cancel the handler; the first reason given is the one recorded."""
-        if self.reason is None:
-            self.reason = reason
-        self.scope.cancel()
-
-
-def check_handler(handler: Any) -> Handler:
-    """A handler must be an ``async def`` function (or an object with an ``async def __call__``)."""
-    if not callable(handler):
-        raise ArgumentTypeError(
-            f"handler: expected an async function, got {type(handler).__name__}"
-        )
-    target = handler if inspect.isroutine(handler) else getattr(handler, "__call__", None)  # noqa: B004
-    if not inspect.iscoroutinefunction(target) and not inspect.iscoroutinefunction(handler):
-        raise ArgumentTypeError(
-            f"handler: {getattr(handler, '__qualname__', handler)!r} is not a coroutine function; "
-            "define it with 'async def'"
-        )
-    return handler  # type: ignore[no-any-return]
-
-
-def check_on_dead(hook: Any) -> DeadHook | None:
-    """None, or an ``async def on_dead(job, error)``."""
-    if hook is None:
-        return None
-    try:
-        return check_handler(hook)  # type: ignore[return-value]
-    except ArgumentTypeError as exc:
-        raise ArgumentTypeError(str(exc).replace("handler:", "on_dead:", 1)) from None
 
 
 class Pool:

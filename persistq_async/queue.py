@@ -35,12 +35,11 @@ from .config import DEFAULT_DATABASE_FILE, Options, resolve_options
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
-    DatabaseError,
     QueueClosed,
     SerializationError,
 )
 from .flowcontrol import FlowControl, flow_options
-from .job import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, RETRY_MIN_DELAY, Job, decode
+from .job import Job, decode, retry_transient
 from .metrics import EventKind, JobEvent, hub
 from .monitoring import log_event
 from .observe import Monitored
@@ -373,29 +372,13 @@ class Queue(FlowControl, QueueAdmin, Monitored, ScheduleMethods, ResultMethods):
         """Run ``write``; on a transient database error that ``repeatable`` says may be tried
         again, try again with backoff for up to ``lease_seconds`` (the outage a queue rides
         out), then raise the last error."""
-        store = self.store
-        deadline = anyio.current_time() + self.options.lease_seconds
-        delay = RETRY_FIRST_DELAY
-        tries = 0
-        while True:
-            try:
-                return await write()
-            except DatabaseError as exc:
-                remaining = deadline - anyio.current_time()
-                if remaining <= 0 or not store.backend.is_transient(exc) or not repeatable(exc):
-                    raise
-                tries += 1
-                if tries == 1:
-                    log_event(
-                        logger,
-                        logging.WARNING,
-                        "write_retrying",
-                        f"a {what} failed ({exc}); trying again for up to {remaining:.1f}s",
-                        queue=self.name,
-                        error=str(exc),
-                    )
-                await anyio.sleep(max(RETRY_MIN_DELAY, min(delay, remaining)))
-                delay = min(delay * 2, RETRY_MAX_DELAY)
+        return await retry_transient(
+            write,
+            what=what,
+            queue=self.name,
+            patience=self.options.lease_seconds,
+            retryable=lambda exc: self.store.backend.is_transient(exc) and repeatable(exc),
+        )
 
     async def _insert(
         self, new: list[NewJob], connection: AsyncConnection | AsyncSession | None

@@ -7,7 +7,6 @@ The database comes from the ``v1_url`` fixture of tests/conftest.py.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import anyio
 from sqlalchemy import inspect
