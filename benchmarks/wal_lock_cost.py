@@ -1,4 +1,4 @@
-"""What the cross-process WAL lock costs (docs/wal-lock.md): the same work with the lock file's
+"""What the cross-process WAL lock costs (docs/architecture.md, "the WAL lock"): the same work with the lock file's
 ``flock`` and without it (the in-process lock alone, as before the lock was shared).
 
 Usage::

@@ -5,7 +5,7 @@ another connection resets the WAL. Every operation of ours that can reset the WA
 it runs under one lock per database file, shared by every thread and every process: a
 ``threading.Lock`` for the writers of this process, and ``flock`` on a lock file beside the
 database (``jobs.db-persistq-lock``) for those of other processes. The argument that no two such
-operations then overlap is in docs/wal-lock.md.
+operations then overlap is in docs/architecture.md, "the WAL lock".
 
 ``flock`` locks belong to an open file description: two opens of the lock file exclude each
 other, even in one process, and the kernel drops the lock when its holder dies (``kill -9``
