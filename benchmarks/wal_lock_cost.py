@@ -1,5 +1,6 @@
-"""What the cross-process WAL lock costs (docs/architecture.md, "the WAL lock"): the same work with the lock file's
-``flock`` and without it (the in-process lock alone, as before the lock was shared).
+"""What the cross-process WAL lock costs (docs/architecture.md, "the WAL lock"): the same work
+with the lock file's ``flock`` and without it (the in-process lock alone, as before the lock
+was shared).
 
 Usage::
 

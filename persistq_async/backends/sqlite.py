@@ -19,9 +19,10 @@ Only the writer connection writes and checkpoints. SQLite 3.7.0 to 3.51.2 (fixed
 writer of every process holds one lock per file (:mod:`.wal_lock`: a thread lock and ``flock`` on
 a lock file beside the database) from ``BEGIN IMMEDIATE`` to the end of its commit's checkpoint,
 and around opening and closing connections, so no checkpoint of ours overlaps a reset of ours
-(docs/architecture.md, "the WAL lock" gives the argument). An application's own connection writing the same file
-stays outside it. (A thread with a connection of its own that checkpointed beside the writer,
-tried for latency, corrupted the database in a 30-minute kill -9 chaos run; see docs/soak.md.)
+(docs/architecture.md, "the WAL lock", gives the argument). An application's own connection writing
+the same file stays outside it. (A thread with a connection of its own that checkpointed beside the
+writer, tried for latency, corrupted the database in a 30-minute kill -9 chaos run; see
+docs/soak.md.)
 """
 
 from __future__ import annotations
@@ -341,7 +342,8 @@ class SQLiteBackend(Backend):
         # one, immutable=1 reads the main file without creating -wal or -shm files.
         hot = wal.exists() and wal.stat().st_size > 0
         # Without the file's lock: a read-only connection can neither reset the WAL nor
-        # checkpoint it (docs/architecture.md, "the WAL lock"), and a foreign file must be left without a lock file.
+        # checkpoint it (docs/architecture.md, "the WAL lock"), and a foreign file must be left
+        # without a lock file.
         foreign = _foreign_tables(path, "mode=ro" if hot else "immutable=1")
         if foreign:
             raise SchemaError(

@@ -1,8 +1,8 @@
 """Several processes on one SQLite file: the WAL lock is exclusive across processes.
 
-Five writer processes put, claim and ack on one file at once, each recording when it held the
-file's lock (docs/architecture.md, "the WAL lock": every commit, its checkpoint, and every open and close of the
-library's connections run under it). No two of the recorded intervals may overlap, whichever
+Five writer processes put, claim and ack on one file at once, each recording when it held the file's
+lock (docs/architecture.md, "the WAL lock": every commit, its checkpoint, and every open and close
+of the library's connections run under it). No two of the recorded intervals may overlap, whichever
 processes they come from; the file's integrity check must pass afterwards.
 """
 
