@@ -165,6 +165,7 @@ def test_listings_cover_every_queue(url: str, tmp_path: Path) -> None:
         "total",
         "lag",
         "throughput",
+        "paused",
     ]
     watch = run_cli("watch", "--once", "--url", url, cwd=tmp_path)
     assert watch.returncode == 0
