@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from .._jobmeta import encode_tags
 from ..schedules import CatchUp, Timing, plan_ticks
 from ..schema import schedules, ticks
 from . import transactions as tx
@@ -296,8 +297,8 @@ def fire(
                 max_attempts=record.max_attempts or max_attempts[record.queue],
                 dedupe_key=dedupe_key(record.name, tick_at),
                 keep_run_at=True,
+                tags=encode_tags(record.tags),
             )
-            # TODO(h-metrics merge): pass record.tags once put stores tags on jobs.
             (job_id,) = tx.put(conn, ctx, record.queue, [job])
             conn.execute(
                 insert(ticks).values(

@@ -265,3 +265,18 @@ async def test_a_thousand_awaiters_share_one_reader(
         assert results == {job_id: n * 10 for n, job_id in enumerate(ids)}
         assert q._result_waiters is not None
         assert q._result_waiters.waiting == 0
+
+
+async def test_a_result_over_max_result_bytes_fails_the_job_and_result_says_why(
+    backend_url: str, queue_name: str
+) -> None:
+    async with pq.Queue(backend_url, name=queue_name, max_result_bytes=64) as q:
+
+        async def big(job: pq.Job) -> str:
+            return "x" * 1000
+
+        async with pq.Supervisor(grace=1) as sup:
+            await sup.add(q, big, concurrency=1)
+            with pytest.raises(pq.JobFailed, match="max_result_bytes=64") as info:
+                await q.call({"n": 1}, timeout=20)
+        assert info.value.attempts == 1  # failed at once, not retried

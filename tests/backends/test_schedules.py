@@ -275,3 +275,12 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_jobs(v1_url: str) 
         assert [s.name for s in await q.schedules()] == ["tick"]
         health = await q.health(require_workers=False, max_lag=10**9)
         assert health.schema_version == schema.SCHEMA_VERSION
+
+
+async def test_a_schedule_s_tags_are_its_jobs_tags(sq: pq.Queue, clock: FakeClock) -> None:
+    await sq.schedule("tagged", every=60, payload=1, tags=["reports", "nightly"])
+    clock.advance(61)
+    await fire(sq)
+    (job,) = await jobs_of(sq)
+    assert job.tags == ("reports", "nightly")
+    assert [j.id for j in await sq.list_jobs(tags=["nightly"])] == [job.id]
