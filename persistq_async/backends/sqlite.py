@@ -76,7 +76,7 @@ AUTOCHECKPOINT_PAGES = 250
 
 
 #: Rows one multi-row ``INSERT`` may hold: SQLite allows 32,766 bound values in a statement
-#: (3.32+), and a job row has ten.
+#: (3.32+), and a job row has twelve.
 GROUPED_PUT_ROWS = 2_000
 
 _INSERT_RETURNING = insert(jobs).returning(jobs.c.id)
