@@ -241,7 +241,12 @@ async def test_a_thousand_awaiters_share_one_reader(
         async with anyio.create_task_group() as tg:
             for job_id in ids:
                 tg.start_soon(wait, job_id)
-            await anyio.sleep(0.3)  # all registered and read once
+            waiters = q._result_waiters
+            with anyio.fail_after(30):
+                while waiters is None or waiters.waiting < len(ids):
+                    await anyio.sleep(0.05)
+                    waiters = q._result_waiters
+            await anyio.sleep(0.3)  # every one registered, and read once since
             window = 1.0
             with counted_statements(q) as seen:
                 await anyio.sleep(window)
