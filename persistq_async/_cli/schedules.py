@@ -8,15 +8,15 @@ from typing import Any
 
 from .._queue_schedules import schedule_info
 from ..queue import Queue
-from .output import Output, when
+from .output import Output
 
 __all__ = ["add_parser", "cmd_schedules"]
 
-COLUMNS = ["name", "queue", "spec", "next run", "last tick", "catch-up"]
+COLUMNS = ["name", "queue", "spec", "next run"]
 
 
 async def cmd_schedules(q: Queue, args: argparse.Namespace, out: Output) -> int:
-    """List the schedules; exit 1 when there is none."""
+    """List the schedules (of ``--queue``, else of every queue); exit 1 when there is none."""
     records = await q.store.schedules(args.queue)
     infos = [schedule_info(record, q.serializer) for record in records]
     if out.json_mode:
@@ -26,8 +26,8 @@ async def cmd_schedules(q: Queue, args: argparse.Namespace, out: Output) -> int:
                     "name": i.name,
                     "queue": i.queue,
                     "spec": i.spec,
-                    "next_run_at": i.next_run_at,
-                    "last_tick_at": i.last_tick_at,
+                    "next_run_at": i.next_run_at.isoformat() if i.next_run_at else None,
+                    "last_tick_at": i.last_tick_at.isoformat() if i.last_tick_at else None,
                     "paused": i.paused,
                     "catch_up": i.catch_up,
                 }
@@ -38,14 +38,7 @@ async def cmd_schedules(q: Queue, args: argparse.Namespace, out: Output) -> int:
         out.table(
             COLUMNS,
             [
-                [
-                    i.name,
-                    i.queue,
-                    i.spec,
-                    "paused" if i.paused else when(i.next_run_at),
-                    when(i.last_tick_at),
-                    i.catch_up,
-                ]
+                [i.name, i.queue, i.spec, "paused" if i.paused else str(i.next_run_at)]
                 for i in infos
             ],
         )

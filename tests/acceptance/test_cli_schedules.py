@@ -72,6 +72,20 @@ def test_persistq_schedules_lists_name_queue_spec_and_next_run(tmp_path: Path, u
 
 
 def test_persistq_schedules_on_a_database_without_any(tmp_path: Path) -> None:
+    # Nothing found is exit 1, like every listing (README: the persistq command).
+    anyio.run(open_and_close, str(tmp_path / "empty.db"))
     done = persistq(tmp_path, "schedules", "--url", str(tmp_path / "empty.db"))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr
     assert done.stdout.strip() == "no schedules"
+
+
+def test_persistq_schedules_creates_no_database(tmp_path: Path) -> None:
+    done = persistq(tmp_path, "schedules", "--url", str(tmp_path / "typo.db"))
+    assert done.returncode == 1
+    assert "no database at" in done.stderr
+    assert not (tmp_path / "typo.db").exists()
+
+
+async def open_and_close(url: str) -> None:
+    async with pq.Queue(url, name="emails"):
+        pass
