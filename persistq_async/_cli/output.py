@@ -68,9 +68,7 @@ def stats_dict(stats: Any) -> dict[str, Any]:
     data = _jsonable(stats)
     assert isinstance(data, dict)
     data["total"] = stats.total
-    lag = getattr(stats, "lag", None)
-    if lag is not None or hasattr(stats, "lag"):
-        data["lag"] = lag
+    data["lag"] = stats.lag
     return data
 
 

@@ -14,11 +14,11 @@ Modules, bottom to top (an import-linter contract keeps them in this order):
 
 from __future__ import annotations
 
+from .dberror import wrap_db_error
 from .jobstore import JobStore
 from .records import AttemptRecord, ClaimResult, JobRecord, NewJob
 from .statements import EXPIRED_ERROR
 from .transactions import Delivery
-from .writer import wrap_db_error
 
 __all__ = [
     "EXPIRED_ERROR",

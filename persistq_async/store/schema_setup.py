@@ -12,7 +12,7 @@ from .. import schema
 from ..backends import Backend
 from ..errors import DatabaseNotFound, SchemaError
 from ..schema import meta
-from .writer import wrap_db_error
+from .dberror import wrap_db_error
 
 __all__ = ["create_schema"]
 

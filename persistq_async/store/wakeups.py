@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..backends import Backend
-from .writer import wrap_db_error
+from .dberror import wrap_db_error
 
 __all__ = ["Wakeups"]
 

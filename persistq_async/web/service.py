@@ -15,7 +15,7 @@ import functools
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,6 @@ import anyio
 from .._types import JobState, Serializer
 from ..errors import ArgumentError, JobNotFound, JobStateError, SerializationError
 from ..job import JobInfo
-from ..monitoring import Stats
 from ..queue import Queue
 from ..store import dashboard
 
@@ -164,11 +163,8 @@ class Dashboard:
                     else max(0.0, now - s.oldest_ready_at),
                 }
             )
-        if "paused" in {f.name for f in fields(Stats)}:
-            # Where flow control exists, each queue says whether it is paused.
-            for row in queues:
-                stats = await (await self.queue(row["name"])).stats()
-                row["paused"] = bool(getattr(stats, "paused", False))
+        for row in queues:
+            row["paused"] = (await store.flow_settings(row["name"])).paused
         totals: dict[str, int] = {
             key: sum(int(q[key]) for q in queues)
             for key in (*(s.value for s in JobState), "ready", "scheduled", "total")
