@@ -468,6 +468,8 @@ class JobStore(StoreOperations):
                     result = await fn(conn)
         except DBAPIError as exc:
             raise wrap_db_error(exc, action, self.where) from exc
+        except OSError as exc:  # a refused connect (a server restarting) is not a DBAPIError
+            raise DatabaseError(f"{action} failed on {self.where}: {exc}") from exc
         return result
 
     async def counts(self, queue: str) -> dict[JobState, int]:
