@@ -1,0 +1,221 @@
+"""The report of ``scaling.py``: one PNG chart per curve, the JSON, and markdown tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scaling import Point
+
+BACKEND_LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+TITLES = {
+    "concurrency": "Throughput against pool concurrency (slots of one pool)",
+    "payload": "Throughput against payload size",
+    "queues": "Puts against the number of queues in one database (100 producers)",
+    "workers": "PostgreSQL: cycle throughput against worker processes (16 slots each)",
+}
+XLABELS = {
+    "concurrency": "pool concurrency (slots)",
+    "payload": "payload size",
+    "queues": "queues in the database",
+    "workers": "worker processes",
+}
+
+
+def x_text(curve: str, x: int) -> str:
+    """A point's x as people say it: 10 KB rather than 10000."""
+    if curve == "payload":
+        if x >= 1_000_000:
+            return f"{x // 1_000_000} MB"
+        if x >= 1_000:
+            return f"{x // 1_000} KB"
+        return f"{x} B"
+    return f"{x:,}"
+
+
+def _lines(points: list[Point], curve: str) -> dict[str, list[Point]]:
+    out: dict[str, list[Point]] = {}
+    for p in points:
+        if p.curve == curve:
+            out.setdefault(f"{BACKEND_LABEL[p.backend]}: {p.series}", []).append(p)
+    for line in out.values():
+        line.sort(key=lambda p: p.x)
+    return out
+
+
+def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
+    """One PNG per curve in ``directory`` (``scaling-<curve>.png``); returns their paths."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on servers and CI
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed; no charts (pip install matplotlib)")
+        return []
+    drawn = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for curve in dict.fromkeys(p.curve for p in points):
+        lines = _lines(points, curve)
+        xs = sorted({p.x for p in points if p.curve == curve})
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        for n, (label, line) in enumerate(lines.items()):
+            ok = [p for p in line if p.median is not None]
+            style = "-" if "PostgreSQL" in label else "--"
+            ax.plot(
+                [p.x for p in ok],
+                [p.median for p in ok],
+                style,
+                marker="o",
+                color=plt.get_cmap("tab10")(n % 10),
+                label=label,
+            )
+            for p in ok:
+                ax.annotate(
+                    f"{p.median:,.0f}",
+                    (p.x, p.median),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=7,
+                )
+            for p in line:
+                if p.error is not None:
+                    ax.annotate(
+                        f"{label.split(':')[0]} failed:\n{p.error[:40]}",
+                        (p.x, 0),
+                        xycoords=("data", "axes fraction"),
+                        textcoords="offset points",
+                        xytext=(0, 14),
+                        ha="right",
+                        fontsize=7,
+                        color="red",
+                    )
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [x_text(curve, x) for x in xs])
+        ax.minorticks_off()
+        if curve == "payload":
+            ax.set_yscale("log")  # 100 B and 1 MB payloads differ by orders of magnitude
+        else:
+            ax.set_ylim(bottom=0)
+        ax.set_xlabel(XLABELS[curve])
+        ax.set_ylabel("jobs/s" + (" (log scale)" if curve == "payload" else ""))
+        ax.set_title(TITLES[curve], fontsize=11)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        fig.tight_layout()
+        path = directory / f"scaling-{curve}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        drawn.append(path)
+    return drawn
+
+
+def write_json(path: Path, points: list[Point], meta: dict[str, Any]) -> None:
+    """Every measurement of every point."""
+    doc = {
+        "meta": meta,
+        "points": [
+            {
+                "curve": p.curve,
+                "backend": p.backend,
+                "x": p.x,
+                "series": p.series,
+                "median_jobs_per_s": p.median,
+                "rates": p.rates,
+                "extra": {k: statistics.median(v) for k, v in p.extra.items()},
+                "error": p.error,
+            }
+            for p in points
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _cell(p: Point | None) -> str:
+    if p is None:
+        return "-"
+    if p.error is not None:
+        return f"failed: {p.error.replace('|', '/')}"
+    assert p.median is not None
+    cell = f"{p.median:,.0f}"
+    open_s = p.extra.get("open_s")
+    if open_s:
+        cell += f" (opened in {statistics.median(open_s):.1f} s)"
+    return cell
+
+
+def tables(points: list[Point]) -> list[str]:
+    """One markdown table per curve: a row per backend and series, a column per point."""
+    lines: list[str] = []
+    for curve in dict.fromkeys(p.curve for p in points):
+        xs = sorted({p.x for p in points if p.curve == curve})
+        lines += [
+            f"### {TITLES[curve]}",
+            "",
+            "| jobs/s | " + " | ".join(x_text(curve, x) for x in xs) + " |",
+            "|---|" + "--:|" * len(xs),
+        ]
+        for label, line in _lines(points, curve).items():
+            by_x = {p.x: p for p in line}
+            lines.append(f"| {label} | " + " | ".join(_cell(by_x.get(x)) for x in xs) + " |")
+        lines.append("")
+    return lines
+
+
+def write_markdown(
+    path: Path, points: list[Point], meta: dict[str, Any], charts: list[Path]
+) -> None:
+    """Tables, the charts (linked relative to ``path``) and how the run was made."""
+    pg = meta.get("postgresql") or {}
+    sizes = meta["sizes"]
+    argv = " ".join(meta.get("argv") or [])
+    body = [
+        "# How throughput grows with the work (issue #11)",
+        "",
+        "Written by `benchmarks/scaling.py`.",
+        "",
+        *tables(points),
+        *(
+            f"![{c.stem}]({os.path.relpath(c, path.parent)})\n"
+            for c in charts
+        ),
+        "## How it was measured",
+        "",
+        f"One run of `python benchmarks/scaling.py{' ' + argv if argv else ''}` on "
+        f"{meta['date']}, {meta['repeats']} measurement(s) per point (median shown), "
+        f"{meta['elapsed_seconds']} s in all, Python {meta['python']}, {meta['cpus']} CPUs, "
+        f"load average {meta['loadavg_before']:.1f} before and {meta['loadavg_after']:.1f} after.",
+        "",
+        "SQLite: a fresh temporary file per point (WAL, durability full, the default). "
+        + (
+            f"PostgreSQL {pg.get('server_version', '?')} "
+            f"(fsync={pg.get('fsync', '?')}, synchronous_commit="
+            f"{pg.get('synchronous_commit', '?')}, max_connections="
+            f"{pg.get('max_connections', '?')}), "
+            + (
+                "a private throwaway server started with `.ci/start-postgres.sh`"
+                if meta.get("private_server")
+                else f"at {pg.get('host', '?')}"
+            )
+            + ", a fresh database per point."
+            if pg
+            else "PostgreSQL: not run."
+        ),
+        "",
+        f"Work per point: {sizes['jobs']:,} jobs (payload points: at most "
+        f"{sizes['payload_budget'] / 1e6:g} MB of payload, at least 16 jobs), or "
+        f"{sizes['time_cap']:g} s, whichever comes first; no-op handler; pools pre-filled with "
+        "put_many and timed from `Supervisor.add` to `join()` returning; worker processes timed "
+        "from telling the started processes to go until every job is finished.",
+        "",
+    ]
+    if meta.get("note"):
+        body += [meta["note"], ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(body))
