@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from pg_systems import NAME, RAW_CLAIM, RAW_DONE, procrastinate_app  # noqa: E402
+from pg_systems import NAME, RAW_CLAIM, RAW_DONE, procrastinate_app
 
 #: A raw worker with nothing to claim waits this long before trying again (the jobs are
 #: pre-filled, so it only waits at the very end).
@@ -64,10 +64,8 @@ async def _work_until_stop(start: Callable[[], Awaitable[None]], stop: Callable[
     if task in done:  # it ended by itself: an error, raise it here
         task.result()
     stop()
-    try:
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         await asyncio.wait_for(task, 10)
-    except (asyncio.CancelledError, TimeoutError):
-        pass
     if not line.done():
         line.cancel()
 

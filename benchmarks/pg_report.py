@@ -83,9 +83,7 @@ def cpu_table(by_key: dict[str, Result]) -> list[str]:
             _figure(by_key, system.key, "cycle.workers1", n)
             for n in ("worker_cpu_ms_per_job", "server_cpu_ms_per_job")
         ]
-        lines.append(
-            f"| {system.label} | " + " | ".join(_ms(v) for v in [*put, *cyc]) + " |"
-        )
+        lines.append(f"| {system.label} | " + " | ".join(_ms(v) for v in [*put, *cyc]) + " |")
     return lines
 
 

@@ -220,8 +220,7 @@ class _ProcrastinateClient:
 
     async def finished(self) -> int:
         row = await self.app.connector.execute_query_one_async(
-            "SELECT count(*) AS n FROM procrastinate_jobs "
-            "WHERE status IN ('succeeded', 'failed')"
+            "SELECT count(*) AS n FROM procrastinate_jobs WHERE status IN ('succeeded', 'failed')"
         )
         return int(row["n"])
 
@@ -256,7 +255,9 @@ class _RawClient:
             await conn.executemany(RAW_INSERT, [(payload_text(i),) for i in ids])
 
     async def finished(self) -> int:
-        return int(await self.pool.fetchval("SELECT count(*) FROM bench_jobs WHERE status = 'done'"))
+        return int(
+            await self.pool.fetchval("SELECT count(*) FROM bench_jobs WHERE status = 'done'")
+        )
 
 
 @asynccontextmanager

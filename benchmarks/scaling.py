@@ -113,7 +113,9 @@ async def _prefill(q: pq.Queue, jobs: int, size: int) -> None:
         await q.put_many([body(i) for i in range(first, min(first + batch, jobs))])
 
 
-async def pool_drain(where: str, jobs: int, concurrency: int, size: int, cap: float) -> dict[str, float]:
+async def pool_drain(
+    where: str, jobs: int, concurrency: int, size: int, cap: float
+) -> dict[str, float]:
     """Pre-fill ``jobs``, then time one pool of ``concurrency`` slots draining them."""
     async with pq.Queue(where, name="bench") as q:
         await _prefill(q, jobs, size)
@@ -158,9 +160,7 @@ async def open_queues(where: str, count: int) -> AsyncIterator[tuple[list[pq.Que
     """``count`` open queues of different names in one database, and the seconds it took."""
     async with contextlib.AsyncExitStack() as stack:
         start = time.perf_counter()
-        qs = [
-            await stack.enter_async_context(pq.Queue(where, name=f"q{i}")) for i in range(count)
-        ]
+        qs = [await stack.enter_async_context(pq.Queue(where, name=f"q{i}")) for i in range(count)]
         yield qs, time.perf_counter() - start
 
 
@@ -182,7 +182,8 @@ class Place:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             return
-        assert self.server is not None and self.dbs is not None
+        assert self.server is not None
+        assert self.dbs is not None
         db = await self.dbs.create("scaling")
         try:
             yield database_url(self.server, db)

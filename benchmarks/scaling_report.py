@@ -37,6 +37,11 @@ def x_text(curve: str, x: int) -> str:
     return f"{x:,}"
 
 
+def short_error(error: str) -> str:
+    """The reason at the end of an error message ("sorry, too many clients already")."""
+    return error.rsplit(": ", 1)[-1][:48]
+
+
 def _lines(points: list[Point], curve: str) -> dict[str, list[Point]]:
     out: dict[str, list[Point]] = {}
     for p in points:
@@ -86,11 +91,11 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
             for p in line:
                 if p.error is not None:
                     ax.annotate(
-                        f"{label.split(':')[0]} failed:\n{p.error[:40]}",
+                        f"{label.split(':')[0]} failed:\n{short_error(p.error)}",
                         (p.x, 0),
                         xycoords=("data", "axes fraction"),
                         textcoords="offset points",
-                        xytext=(0, 14),
+                        xytext=(0, 14 + 24 * n),
                         ha="right",
                         fontsize=7,
                         color="red",
@@ -98,12 +103,13 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
         ax.set_xscale("log")
         ax.set_xticks(xs, [x_text(curve, x) for x in xs])
         ax.minorticks_off()
-        if curve == "payload":
-            ax.set_yscale("log")  # 100 B and 1 MB payloads differ by orders of magnitude
+        logy = curve in ("payload", "queues")
+        if logy:
+            ax.set_yscale("log")  # the points differ by orders of magnitude
         else:
             ax.set_ylim(bottom=0)
         ax.set_xlabel(XLABELS[curve])
-        ax.set_ylabel("jobs/s" + (" (log scale)" if curve == "payload" else ""))
+        ax.set_ylabel("jobs/s" + (" (log scale)" if logy else ""))
         ax.set_title(TITLES[curve], fontsize=11)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
@@ -181,10 +187,7 @@ def write_markdown(
         "Written by `benchmarks/scaling.py`.",
         "",
         *tables(points),
-        *(
-            f"![{c.stem}]({os.path.relpath(c, path.parent)})\n"
-            for c in charts
-        ),
+        *(f"![{c.stem}]({os.path.relpath(c, path.parent)})\n" for c in charts),
         "## How it was measured",
         "",
         f"One run of `python benchmarks/scaling.py{' ' + argv if argv else ''}` on "
