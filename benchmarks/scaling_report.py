@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from scaling import Point
 
 BACKEND_LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+COLOURS = {"sqlite": "tab:blue", "postgresql": "tab:orange"}
 TITLES = {
     "concurrency": "Throughput against pool concurrency (slots of one pool)",
     "payload": "Throughput against payload size",
@@ -68,34 +69,37 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
         lines = _lines(points, curve)
         xs = sorted({p.x for p in points if p.curve == curve})
         fig, ax = plt.subplots(figsize=(8, 4.8))
+        series = list(dict.fromkeys(p.series for p in points if p.curve == curve))
         for n, (label, line) in enumerate(lines.items()):
             ok = [p for p in line if p.median is not None]
-            style = "-" if "PostgreSQL" in label else "--"
+            k = series.index(line[0].series)
             ax.plot(
                 [p.x for p in ok],
                 [p.median for p in ok],
-                style,
-                marker="o",
-                color=plt.get_cmap("tab10")(n % 10),
+                ("-", "--", ":")[k % 3],
+                marker=("o", "s", "^")[k % 3],
+                color=COLOURS[line[0].backend],
                 label=label,
             )
             for p in ok:
+                # The second series' labels go below its points, so close lines stay legible.
                 ax.annotate(
                     f"{p.median:,.0f}",
                     (p.x, p.median),
                     textcoords="offset points",
-                    xytext=(0, 6),
+                    xytext=(0, 6 if k % 2 == 0 else -12),
                     ha="center",
                     fontsize=7,
+                    color=COLOURS[line[0].backend],
                 )
             for p in line:
                 if p.error is not None:
                     ax.annotate(
                         f"{label.split(':')[0]} failed:\n{short_error(p.error)}",
-                        (p.x, 0),
+                        (p.x, 0.5),
                         xycoords=("data", "axes fraction"),
                         textcoords="offset points",
-                        xytext=(0, 14 + 24 * n),
+                        xytext=(0, -24 * n),
                         ha="right",
                         fontsize=7,
                         color="red",
