@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -45,7 +45,8 @@ class Counter:
 
 
 async def _line() -> str:
-    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+    said: str = await asyncio.to_thread(sys.stdin.readline)
+    return said.strip()
 
 
 async def _go() -> bool:
@@ -55,7 +56,9 @@ async def _go() -> bool:
     return said == "go"
 
 
-async def _work_until_stop(start: Callable[[], Awaitable[None]], stop: Callable[[], None]) -> None:
+async def _work_until_stop(
+    start: Callable[[], Coroutine[Any, Any, None]], stop: Callable[[], None]
+) -> None:
     """Run ``start()`` as a task until "stop" arrives, then ``stop()`` it and wait for it."""
     task = asyncio.create_task(start())
     line = asyncio.create_task(_line())

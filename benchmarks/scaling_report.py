@@ -71,21 +71,21 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4.8))
         series = list(dict.fromkeys(p.series for p in points if p.curve == curve))
         for n, (label, line) in enumerate(lines.items()):
-            ok = [p for p in line if p.median is not None]
+            ok = [(p, p.median) for p in line if p.median is not None]
             k = series.index(line[0].series)
             ax.plot(
-                [p.x for p in ok],
-                [p.median for p in ok],
+                [p.x for p, _ in ok],
+                [m for _, m in ok],
                 ("-", "--", ":")[k % 3],
                 marker=("o", "s", "^")[k % 3],
                 color=COLOURS[line[0].backend],
                 label=label,
             )
-            for p in ok:
+            for p, m in ok:
                 # The second series' labels go below its points, so close lines stay legible.
                 ax.annotate(
-                    f"{p.median:,.0f}",
-                    (p.x, p.median),
+                    f"{m:,.0f}",
+                    (p.x, m),
                     textcoords="offset points",
                     xytext=(0, 6 if k % 2 == 0 else -12),
                     ha="center",
