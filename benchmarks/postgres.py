@@ -4,7 +4,7 @@
 Usage::
 
     python benchmarks/postgres.py --private-server [--quick] [--repeats N] [--time-cap S]
-                                  [--json PATH] [--markdown PATH]
+                                  [--cycle-cap S] [--note TEXT] [--json PATH] [--markdown PATH]
     python benchmarks/postgres.py --url postgresql+asyncpg://USER@HOST:PORT/DB [...]
 
 ``--private-server`` starts a throwaway server the way CI does (``.ci/start-postgres.sh``, with
@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
     parser.add_argument("--repeats", type=int, default=None, help="repeats (default 3; --quick 1)")
-    parser.add_argument("--time-cap", type=float, default=None, help="seconds per timed loop")
+    parser.add_argument("--time-cap", type=float, default=None, help="seconds per timed put loop")
+    parser.add_argument("--cycle-cap", type=float, default=None, help="seconds per cycle")
     parser.add_argument("--note", default="", help="a sentence for the report (the machine...)")
     parser.add_argument(
         "--json", type=Path, default=RESULTS / "postgres.json", help="where to write the results"
@@ -307,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.time_cap <= 0:
             parser.error("--time-cap must be positive")
         sizes = dataclasses.replace(sizes, time_cap=args.time_cap)
+    if args.cycle_cap is not None:
+        if args.cycle_cap <= 0:
+            parser.error("--cycle-cap must be positive")
+        sizes = dataclasses.replace(sizes, cycle_cap=args.cycle_cap)
     url = None if args.private_server else (args.url or os.environ.get(ENV_URL))
     if not args.private_server and not url:
         print(START_HINT, file=sys.stderr)
