@@ -10,6 +10,7 @@ from typing import Any
 
 from pg_systems import PERSISTQ, PGQUEUER_KEYS, SYSTEMS
 from report import Result
+from scaling_report import kept_text
 
 #: (scenario key, column heading), in the order of the table.
 COLUMNS = (
@@ -201,4 +202,4 @@ def write_markdown(path: Path, results: list[Result], meta: dict[str, Any]) -> N
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(title) + format_report(results, meta))
+    path.write_text("\n".join(title) + format_report(results, meta) + kept_text(path))

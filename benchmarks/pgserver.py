@@ -34,6 +34,20 @@ START_SCRIPT = ROOT / ".ci" / "start-postgres.sh"
 PRIVATE_PORT = 55439
 
 
+def shown_argv(argv: list[str]) -> list[str]:
+    """The command-line arguments as a report shows them: without ``--note`` and its text."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            skip = True
+        elif not arg.startswith("--note="):
+            out.append(arg)
+    return out
+
+
 def driver_dsn(url: str, database: str | None = None) -> str:
     """``url`` (a SQLAlchemy URL such as ``postgresql+asyncpg://...``) as a libpq URL that
     asyncpg and psycopg take, optionally pointing at another database."""

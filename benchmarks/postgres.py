@@ -62,7 +62,7 @@ from common import Deadline, Sample, Scenario
 from pg_report import format_report, write_markdown
 from pg_run import run_workers
 from pg_systems import SYSTEMS, Client, System, database_url
-from pgserver import BackendCpu, Databases, private_server, server_facts
+from pgserver import BackendCpu, Databases, private_server, server_facts, shown_argv
 from report import Result, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:] if argv is None else argv,
+        "argv": shown_argv(sys.argv[1:] if argv is None else argv),
         "quick": args.quick,
         "repeats": args.repeats,
         "sizes": dataclasses.asdict(sizes),

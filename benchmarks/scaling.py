@@ -46,7 +46,7 @@ from typing import Any
 import anyio
 from pg_run import run_workers
 from pg_systems import PERSISTQ, database_url
-from pgserver import Databases, private_server, server_facts
+from pgserver import Databases, private_server, server_facts, shown_argv
 from scaling_report import draw_charts, write_json, write_markdown
 
 import persistq_async as pq
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "argv": sys.argv[1:] if argv is None else argv,
+        "argv": shown_argv(sys.argv[1:] if argv is None else argv),
         "sizes": {k: getattr(sizes, k) for k in sizes.__dataclass_fields__},
         "repeats": args.repeats,
         "elapsed_seconds": round(elapsed, 1),

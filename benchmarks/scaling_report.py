@@ -225,4 +225,18 @@ def write_markdown(
     if meta.get("note"):
         body += [meta["note"], ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(body))
+    path.write_text("\n".join(body) + kept_text(path))
+
+
+#: Text after this line in an existing report is written by hand and kept by a new run.
+KEEP_MARKER = "<!-- written by hand below this line; benchmark runs keep it -->"
+
+
+def kept_text(path: Path) -> str:
+    """The hand-written part of the report at ``path`` (from the marker on), or ""."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    at = old.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + old[at:]
