@@ -200,6 +200,7 @@ def write_markdown(path: Path, results: list[Result], meta: dict[str, Any]) -> N
         "Written by `benchmarks/postgres.py` (issue #11's benchmark); "
         "`nox -s bench` runs it on a throwaway server.",
         "",
+        "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(title) + format_report(results, meta) + kept_text(path))
