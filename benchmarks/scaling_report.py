@@ -43,6 +43,20 @@ def short_error(error: str) -> str:
     return error.rsplit(": ", 1)[-1][:48]
 
 
+def _label_sides(lines: dict[str, list[Point]]) -> dict[tuple[str, int], bool]:
+    """Whether each point's label goes above it: at each x, from the highest point down,
+    above, below, above..., so the labels of two close lines do not overlap."""
+    at_x: dict[int, list[tuple[float, str]]] = {}
+    for label, line in lines.items():
+        for p in line:
+            at_x.setdefault(p.x, []).append((p.median or 0.0, label))
+    sides = {}
+    for x, found in at_x.items():
+        for rank, (_, label) in enumerate(sorted(found, reverse=True)):
+            sides[(label, x)] = rank % 2 == 0
+    return sides
+
+
 def _lines(points: list[Point], curve: str) -> dict[str, list[Point]]:
     out: dict[str, list[Point]] = {}
     for p in points:
@@ -70,6 +84,7 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
         xs = sorted({p.x for p in points if p.curve == curve})
         fig, ax = plt.subplots(figsize=(8, 4.8))
         series = list(dict.fromkeys(p.series for p in points if p.curve == curve))
+        above = _label_sides(lines)
         for n, (label, line) in enumerate(lines.items()):
             ok = [(p, p.median) for p in line if p.median is not None]
             k = series.index(line[0].series)
@@ -82,12 +97,11 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
                 label=label,
             )
             for p, m in ok:
-                # The second series' labels go below its points, so close lines stay legible.
                 ax.annotate(
                     f"{m:,.0f}",
                     (p.x, m),
                     textcoords="offset points",
-                    xytext=(0, 6 if k % 2 == 0 else -12),
+                    xytext=(0, 6 if above[(label, p.x)] else -12),
                     ha="center",
                     fontsize=7,
                     color=COLOURS[line[0].backend],
@@ -107,11 +121,12 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
         ax.set_xscale("log")
         ax.set_xticks(xs, [x_text(curve, x) for x in xs])
         ax.minorticks_off()
-        logy = curve in ("payload", "queues")
+        logy = curve != "workers"
         if logy:
             ax.set_yscale("log")  # the points differ by orders of magnitude
-        else:
-            ax.set_ylim(bottom=0)
+        low, high = ax.get_ylim()
+        # Room above the highest point for its label, below the title.
+        ax.set_ylim(low / 1.5 if logy else 0, high * (1.8 if logy else 1.12))
         ax.set_xlabel(XLABELS[curve])
         ax.set_ylabel("jobs/s" + (" (log scale)" if logy else ""))
         ax.set_title(TITLES[curve], fontsize=11)
