@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import Process
@@ -34,10 +35,17 @@ async def _read_line(stream: BufferedByteReceiveStream, who: str) -> str:
 
 
 async def run_workers(
-    cmd: list[str], workers: int, client: Client, cpu: BackendCpu | None, total: int, cap: float
+    cmd: list[str],
+    workers: int,
+    client: Client,
+    cpu: BackendCpu | None,
+    total: int,
+    cap: float,
+    prepare: Callable[[], Awaitable[None]] | None = None,
 ) -> Sample:
-    """Start ``workers`` processes running ``cmd``, wait until all are ready, tell them to go
-    and time until ``client.finished()`` reaches ``total`` (or ``cap`` seconds pass)."""
+    """Start ``workers`` processes running ``cmd``, run ``prepare()`` (the pre-fill) while they
+    start up, wait until all are ready, tell them to go and time until ``client.finished()``
+    reaches ``total`` (or ``cap`` seconds pass)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs: list[Process] = []
     try:
@@ -49,6 +57,8 @@ async def run_workers(
                 )
             )
         outs = [BufferedByteReceiveStream(p.stdout) for p in procs if p.stdout is not None]
+        if prepare is not None:
+            await prepare()
         with anyio.fail_after(SPAWN_TIMEOUT):
             for i, out in enumerate(outs):
                 line = await _read_line(out, f"worker {i}")

@@ -22,7 +22,8 @@ with a small JSON job and a no-op handler:
 - batch put: 50,000 jobs through each system's batch API, 1,000 per call;
 - cycle, 1 and 4 worker processes of 16 slots each draining 5,000 pre-filled jobs, timed from
   telling the started workers to go until the parent sees every job finished (committed);
-  the start-up of the processes is not timed (``spawn_s`` in the JSON).
+  the start-up of the processes, overlapping the pre-fill, is not timed (``spawn_s`` in the
+  JSON).
 
 Every measurement gets a fresh database of its own (created, schema installed, dropped after).
 Each repeat goes through the scenarios in turn and, within one, through every system
@@ -61,7 +62,7 @@ import anyio
 from common import Deadline, Sample, Scenario
 from pg_report import format_report, write_markdown
 from pg_run import run_workers
-from pg_systems import SYSTEMS, Client, System, database_url
+from pg_systems import CLIENT_POOL, SYSTEMS, Client, System, database_url
 from pgserver import BackendCpu, Databases, private_server, server_facts, shown_argv
 from report import Result, write_json
 
@@ -105,10 +106,21 @@ Measure = Callable[[System, Client, str, BackendCpu, Sizes], Awaitable[Sample]]
 
 
 async def _timed_puts(
-    client: Client, cpu: BackendCpu, work: Callable[[Deadline], Awaitable[int]], sizes: Sizes
+    client: Client,
+    cpu: BackendCpu,
+    work: Callable[[Deadline], Awaitable[int]],
+    sizes: Sizes,
+    warm: int = 1,
 ) -> Sample:
-    """Run ``work`` (which returns the jobs it put) and add the CPU figures per put."""
-    await client.put(-1)  # the first put opens a connection: not part of the timing
+    """Run ``work`` (which returns the jobs it put) and add the CPU figures per put.
+
+    First ``warm`` concurrent puts, untimed: they open the connections the timed loop will
+    use (one for one caller, up to the pool's size for many), which no system should pay
+    for inside the timing.
+    """
+    async with anyio.create_task_group() as tg:
+        for i in range(warm):
+            tg.start_soon(client.put, -1 - i)
     await cpu.start()
     client_cpu = time.process_time()
     start = time.perf_counter()
@@ -160,7 +172,7 @@ async def put_concurrent(
                 tg.start_soon(producer, p * each)
         return done
 
-    return await _timed_puts(client, cpu, work, sizes)
+    return await _timed_puts(client, cpu, work, sizes, warm=CLIENT_POOL)
 
 
 async def put_batch(
@@ -187,10 +199,12 @@ def cycle(workers: int) -> Measure:
     async def run(
         system: System, client: Client, url: str, cpu: BackendCpu, sizes: Sizes
     ) -> Sample:
-        for first in range(0, sizes.jobs, sizes.batch):
-            await client.put_batch(range(first, min(first + sizes.batch, sizes.jobs)))
+        async def prefill() -> None:
+            for first in range(0, sizes.jobs, sizes.batch):
+                await client.put_batch(range(first, min(first + sizes.batch, sizes.jobs)))
+
         return await run_workers(
-            system.worker_cmd(url), workers, client, cpu, sizes.jobs, sizes.cycle_cap
+            system.worker_cmd(url), workers, client, cpu, sizes.jobs, sizes.cycle_cap, prefill
         )
 
     return run
@@ -234,12 +248,24 @@ def _scenario(system: System, key: str, label: str) -> Scenario:
     )
 
 
-async def run_all(server_url: str, sizes: Sizes, repeats: int) -> list[Result]:
-    """Every (scenario, system) ``repeats`` times, interleaved; returns the results."""
+async def run_all(
+    server_url: str, sizes: Sizes, repeats: int, only: list[str], systems: list[str]
+) -> list[Result]:
+    """Every (scenario, system) ``repeats`` times, interleaved; returns the results.
+
+    ``only``: the scenarios whose key contains one of these (all when empty); ``systems``:
+    these systems (all when empty).
+    """
     results: dict[str, Result] = {}
     plan: list[tuple[str, Measure, list[System]]] = []
     for key, label, measure, all_systems in SCENARIOS:
-        chosen = [s for s in SYSTEMS if s.puts or all_systems]
+        if only and not any(o in key for o in only):
+            continue
+        chosen = [
+            s for s in SYSTEMS if (s.puts or all_systems) and (not systems or s.key in systems)
+        ]
+        if not chosen:
+            continue
         for s in chosen:
             results[f"{s.key}.{key}"] = Result(_scenario(s, key, label))
         plan.append((key, measure, chosen))
@@ -291,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats (default 3; --quick 1)")
     parser.add_argument("--time-cap", type=float, default=None, help="seconds per timed put loop")
     parser.add_argument("--cycle-cap", type=float, default=None, help="seconds per cycle")
+    parser.add_argument(
+        "--only", action="append", default=[], help="scenarios whose key contains this"
+    )
+    parser.add_argument(
+        "--system", action="append", default=[], choices=[s.key for s in SYSTEMS], help="a system"
+    )
     parser.add_argument("--note", default="", help="a sentence for the report (the machine...)")
     parser.add_argument(
         "--json", type=Path, default=RESULTS / "postgres.json", help="where to write the results"
@@ -328,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         load_before = os.getloadavg()
         began = time.perf_counter()
-        results = anyio.run(run_all, url, sizes, args.repeats)
+        results = anyio.run(run_all, url, sizes, args.repeats, args.only, args.system)
         elapsed = time.perf_counter() - began
         load_after = os.getloadavg()
 

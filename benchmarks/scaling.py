@@ -220,10 +220,13 @@ async def _queues(where: str, sizes: Sizes, x: int) -> dict[str, float]:
 
 async def _workers(where: str, sizes: Sizes, x: int) -> dict[str, float]:
     async with PERSISTQ.client(where) as client:
-        for first in range(0, sizes.jobs, 1_000):
-            await client.put_batch(range(first, min(first + 1_000, sizes.jobs)))
+
+        async def prefill() -> None:
+            for first in range(0, sizes.jobs, 1_000):
+                await client.put_batch(range(first, min(first + 1_000, sizes.jobs)))
+
         sample = await run_workers(
-            PERSISTQ.worker_cmd(where), x, client, None, sizes.jobs, sizes.time_cap * 2
+            PERSISTQ.worker_cmd(where), x, client, None, sizes.jobs, sizes.time_cap * 2, prefill
         )
     return {"jobs": float(sample.ops), "seconds": sample.seconds, **sample.extra}
 
