@@ -131,7 +131,8 @@ def _how(meta: dict[str, Any]) -> list[str]:
         f"One run of `python benchmarks/postgres.py{' ' + argv if argv else ''}` on "
         f"{meta['date']}: medians of {meta['repeats']} repeat(s), {meta['elapsed_seconds']} s in "
         f"all, Python {meta['python']}, {meta['cpus']} CPUs, load average "
-        f"{meta['loadavg_before']:.1f} before and {meta['loadavg_after']:.1f} after.",
+        f"{meta['loadavg_before']:.1f} before and {meta['loadavg_after']:.1f} after; the code "
+        f"measured: commit {meta.get('commit', 'unknown')}.",
         "",
         f"PostgreSQL {pg.get('server_version', '?')}, {server} (fsync={pg.get('fsync', '?')}, "
         f"synchronous_commit={pg.get('synchronous_commit', '?')}, "

@@ -34,6 +34,27 @@ START_SCRIPT = ROOT / ".ci" / "start-postgres.sh"
 PRIVATE_PORT = 55439
 
 
+def git_commit() -> str:
+    """The library code measured: the last commit that changed ``persistq_async/`` (and whether
+    the checkout has uncommitted changes there)."""
+    try:
+        line = subprocess.run(
+            ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", "--", "persistq_async"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "persistq_async"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return line + (" (+ uncommitted changes to persistq_async/)" if dirty else "")
+
+
 def shown_argv(argv: list[str]) -> list[str]:
     """The command-line arguments as a report shows them: without ``--note`` and its text."""
     out: list[str] = []

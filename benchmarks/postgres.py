@@ -63,7 +63,7 @@ from common import Deadline, Sample, Scenario
 from pg_report import format_report, write_markdown
 from pg_run import run_workers
 from pg_systems import CLIENT_POOL, SYSTEMS, Client, System, database_url
-from pgserver import BackendCpu, Databases, private_server, server_facts, shown_argv
+from pgserver import BackendCpu, Databases, git_commit, private_server, server_facts, shown_argv
 from report import Result, write_json
 
 HERE = Path(__file__).resolve().parent
@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": load_after[0],
         "postgresql": facts,
         "private_server": args.private_server,
+        "commit": git_commit(),
         "note": args.note,
         "systems": {s.key: s.notes for s in SYSTEMS},
         "versions": {

@@ -46,7 +46,7 @@ from typing import Any
 import anyio
 from pg_run import run_workers
 from pg_systems import PERSISTQ, database_url
-from pgserver import Databases, private_server, server_facts, shown_argv
+from pgserver import Databases, git_commit, private_server, server_facts, shown_argv
 from scaling_report import draw_charts, write_json, write_markdown
 
 import persistq_async as pq
@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": load_after[0],
         "postgresql": facts,
         "private_server": args.private_server,
+        "commit": git_commit(),
         "note": args.note,
     }
     charts = draw_charts(args.charts, points)

@@ -212,7 +212,8 @@ def write_markdown(
         f"One run of `python benchmarks/scaling.py{' ' + argv if argv else ''}` on "
         f"{meta['date']}, {meta['repeats']} measurement(s) per point (median shown), "
         f"{meta['elapsed_seconds']} s in all, Python {meta['python']}, {meta['cpus']} CPUs, "
-        f"load average {meta['loadavg_before']:.1f} before and {meta['loadavg_after']:.1f} after.",
+        f"load average {meta['loadavg_before']:.1f} before and {meta['loadavg_after']:.1f} after; "
+        f"the code measured: commit {meta.get('commit', 'unknown')}.",
         "",
         "SQLite: a fresh temporary file per point (WAL, durability full, the default). "
         + (
