@@ -43,17 +43,23 @@ def short_error(error: str) -> str:
     return error.rsplit(": ", 1)[-1][:48]
 
 
-def _label_sides(lines: dict[str, list[Point]]) -> dict[tuple[str, int], bool]:
-    """Whether each point's label goes above it: at each x, from the highest point down,
-    above, below, above..., so the labels of two close lines do not overlap."""
+def _label_sides(lines: dict[str, list[Point]]) -> dict[tuple[str, int], tuple[int, int]]:
+    """Where each point's label goes (an offset in points): at each x the highest point's
+    above it, the lowest's below, those between to the right, so close lines stay legible."""
     at_x: dict[int, list[tuple[float, str]]] = {}
     for label, line in lines.items():
         for p in line:
             at_x.setdefault(p.x, []).append((p.median or 0.0, label))
     sides = {}
     for x, found in at_x.items():
-        for rank, (_, label) in enumerate(sorted(found, reverse=True)):
-            sides[(label, x)] = rank % 2 == 0
+        ranked = sorted(found, reverse=True)
+        for rank, (_, label) in enumerate(ranked):
+            if rank == 0:
+                sides[(label, x)] = (0, 6)
+            elif rank == len(ranked) - 1:
+                sides[(label, x)] = (0, -12)
+            else:
+                sides[(label, x)] = (22, -3)
     return sides
 
 
@@ -101,7 +107,7 @@ def draw_charts(directory: Path, points: list[Point]) -> list[Path]:
                     f"{m:,.0f}",
                     (p.x, m),
                     textcoords="offset points",
-                    xytext=(0, 6 if above[(label, p.x)] else -12),
+                    xytext=above[(label, p.x)],
                     ha="center",
                     fontsize=7,
                     color=COLOURS[line[0].backend],
