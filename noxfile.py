@@ -1,6 +1,7 @@
 """Developer sessions: `nox` runs tests (3.11-3.13, whichever are found), lint, typecheck.
 
-`nox -s bench -- ARGS` runs the benchmarks (not a default session).
+`nox -s bench -- ARGS` runs the benchmarks, `nox -s scaling -- ARGS` the scaling curves (not
+default sessions; both start their own throwaway PostgreSQL with .ci/start-postgres.sh).
 PostgreSQL tests use PERSISTQ_TEST_PG_URL from the environment; start a throwaway
 server with `source .ci/start-postgres.sh start` (stop: `bash .ci/start-postgres.sh stop`).
 """
@@ -66,9 +67,23 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks: `nox -s bench -- ARGS` runs `python benchmarks/run.py ARGS`."""
+    """Benchmarks (not a default session; minutes): `nox -s bench -- ARGS` runs
+    `python benchmarks/run.py ARGS` (SQLite and its peers), then `python benchmarks/postgres.py
+    --private-server ARGS` (PgQueuer, procrastinate, raw asyncpg), which starts a throwaway
+    PostgreSQL with .ci/start-postgres.sh (fsync on) and stops it at the end. ARGS: options both
+    take, e.g. `--quick` or `--repeats N`."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/postgres.py", "--private-server", *session.posargs)
+
+
+@nox.session
+def scaling(session: nox.Session) -> None:
+    """How throughput grows with the work (not a default session; minutes): `nox -s scaling --
+    ARGS` runs `python benchmarks/scaling.py --private-server ARGS` on SQLite and a throwaway
+    PostgreSQL (e.g. `--quick`, `--only queues`, `--charts docs`)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/scaling.py", "--private-server", *session.posargs)
 
 
 @nox.session

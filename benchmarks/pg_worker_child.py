@@ -1,4 +1,4 @@
-"""Worker process of the multi-process cycle in ``postgres.py``, one per worker.
+"""Worker process of the multi-process cycles in ``postgres.py`` and ``scaling.py``, one per worker.
 
 Usage: ``python benchmarks/pg_worker_child.py URL QUEUE CONCURRENCY DURABILITY``
 
