@@ -50,16 +50,7 @@ def test_the_quickstart_runs_and_prints_what_it_promises(tmp_path: Path) -> None
 def test_the_transactional_outbox_example_commits_and_rolls_back_with_the_order(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "outbox.py"
-    script.write_text(example("## PostgreSQL and transactional enqueue"), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
+    done = run_example(tmp_path, "## PostgreSQL and transactional enqueue")
     assert done.returncode == 0, done.stderr
     # the job of the committed order exists; the rolled-back order left no job
     assert done.stdout.splitlines() == ["[{'order': 42}]"], done.stdout

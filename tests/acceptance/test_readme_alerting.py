@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import persistq_async as pq
 
-from .test_readme import README, example
+from .test_readme import README, run_example
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_the_alerting_example_fires_and_resolves_once(tmp_path: Path) -> None:
-    script = tmp_path / "alerting.py"
-    script.write_text(example("## Alerting"), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
+    done = run_example(tmp_path, "## Alerting")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["firing emails-lag", "resolved emails-lag"], done.stdout
     # The log sink wrote both (Python's last-resort handler prints WARNING to stderr).
