@@ -7,6 +7,7 @@ Headers are stored as a JSON object of strings. Jobs without either store NULL.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -152,5 +153,12 @@ def decode_headers(stored: str | None) -> Mapping[str, str]:
     """Headers from their stored form, read-only."""
     if not stored:
         return _EMPTY
+    return _decode_headers(stored)
+
+
+# The jobs of one put_many store the same headers, and pools claim them together: decoding
+# each distinct form once also hands a tracer the same object, so it can reuse what it read.
+@functools.lru_cache(maxsize=64)
+def _decode_headers(stored: str) -> Mapping[str, str]:
     value = json.loads(stored)
     return MappingProxyType({str(k): str(v) for k, v in value.items()})

@@ -20,13 +20,16 @@ The SDK (exporters, sampling) is the application's to set up; this module needs 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import Span, SpanKind, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from .. import __version__
 from ..metrics import hub
@@ -67,6 +70,7 @@ class PersistqTracer:
             "persistq_async", __version__, tracer_provider=tracer_provider
         )
         self._propagator = propagator
+        self._last_parent: tuple[Mapping[str, str], TextMapPropagator, Context] | None = None
 
     def _textmap(self) -> TextMapPropagator:
         return self._propagator or propagate.get_global_textmap()
@@ -97,32 +101,73 @@ class PersistqTracer:
 
     def process_span(self, job: Job, pool: str) -> AbstractContextManager[Span]:
         """A CONSUMER span around one handler run, continuing the put's trace."""
-        return self._process_span(job, pool)
+        return _ProcessSpan(self, job, pool)
 
-    @contextmanager
-    def _process_span(self, job: Job, pool: str) -> Iterator[Span]:
+    def _parent(self, headers: Mapping[str, str]) -> Context | None:
+        """The producer's context from a job's headers.
+
+        The jobs of one ``put_many`` share one headers object (decoded once), and a pool claims
+        them one after another: remembering the last extraction saves parsing it per job."""
+        if not headers:
+            return None
+        textmap = self._textmap()
+        last = self._last_parent
+        if last is not None and last[0] is headers and last[1] is textmap:
+            return last[2]
+        context = textmap.extract(headers)
+        self._last_parent = (headers, textmap, context)
+        return context
+
+
+class _ProcessSpan:
+    """The CONSUMER span of one handler run, entered without the SDK's generator-based
+    context managers (two of them per job cost as much as the span itself)."""
+
+    __slots__ = ("_job", "_pool", "_span", "_token", "_tracer")
+
+    def __init__(self, tracer: PersistqTracer, job: Job, pool: str) -> None:
+        self._tracer = tracer
+        self._job = job
+        self._pool = pool
+
+    def __enter__(self) -> Span:
+        job = self._job
         # The producer's context becomes the parent (the conventions allow parent or link;
         # a link as well would only repeat it, and costs per job).
-        context = self._textmap().extract(job.headers) if job.headers else None
-        attributes: dict[str, str | int] = {
-            "messaging.system": MESSAGING_SYSTEM,
-            "messaging.destination.name": job.queue,
-            "messaging.message.id": str(job.id),
-            "messaging.operation.name": "process",
-            "messaging.operation.type": "process",
-            "messaging.consumer.group.name": pool,
-        }
-        with self._tracer.start_as_current_span(
+        span = self._tracer._tracer.start_span(
             f"process {job.queue}",
-            context=context,
+            context=self._tracer._parent(job.headers),
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        ) as span:
-            try:
-                yield span
-            except BaseException as exc:
+            attributes={
+                "messaging.system": MESSAGING_SYSTEM,
+                "messaging.destination.name": job.queue,
+                "messaging.message.id": str(job.id),
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self._pool,
+            },
+        )
+        self._span = span
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        span = self._span
+        try:
+            otel_context.detach(self._token)
+            if exc is not None and span.is_recording():
                 span.set_attribute("error.type", type(exc).__qualname__)
-                raise
+                # As the SDK's own span context manager does: errors, not cancellation.
+                if isinstance(exc, Exception):
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            span.end()
 
 
 def instrument(

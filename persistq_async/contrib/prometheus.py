@@ -27,15 +27,21 @@ Use it in your own registry::
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -95,16 +101,47 @@ class _Snapshot:
     workers: dict[str, int] = field(default_factory=dict)
 
 
+#: The ``le`` labels of the buckets, as the exposition writes them.
+_BUCKET_LABELS = tuple("+Inf" if math.isinf(b) else repr(float(b)) for b in DURATION_BUCKETS)
+
+
+class _Histogram:
+    """Bucket counts and a sum, updated on the event loop's thread only.
+
+    ``prometheus_client``'s own histogram takes a lock per bucket, sum and count update, which
+    costs more than the rest of an observer; the events arrive on one thread, so plain numbers
+    do, and a scrape from another thread reads them under the GIL.
+    """
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(DURATION_BUCKETS)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        buckets, running = [], 0
+        for bound, count in zip(_BUCKET_LABELS, list(self.counts), strict=True):
+            running += count
+            buckets.append((bound, float(running)))
+        return buckets
+
+
 class _Children:
-    """One queue's labelled metrics."""
+    """One queue's figures from this process's events."""
 
     __slots__ = ("duration", "outcomes", "put", "wait")
 
-    def __init__(self, collector: PersistqCollector, queue: str) -> None:
-        self.put = collector._put.labels(queue)
-        self.wait = collector._wait.labels(queue)
-        self.duration = collector._duration.labels(queue)
-        self.outcomes: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.put = 0
+        self.wait = _Histogram()
+        self.duration = _Histogram()
+        self.outcomes: dict[str, int] = {}
 
 
 class PersistqCollector(Collector):
@@ -128,37 +165,8 @@ class PersistqCollector(Collector):
         self.namespace = namespace
         self._snapshot = _Snapshot()
         self._subscribed = False
-        # The labelled children by queue: labels() takes a lock and builds a key every call.
         self._children: dict[str, _Children] = {}
-        ns = namespace
-        # registry=None: these live inside this collector, which yields them at collect().
-        self._jobs = Counter(
-            f"{ns}_jobs",
-            "Jobs this process finished a delivery of, by queue and outcome.",
-            ["queue", "outcome"],
-            registry=None,
-        )
-        self._put = Counter(f"{ns}_jobs_put", "Jobs this process put.", ["queue"], registry=None)
-        self._duration = Histogram(
-            f"{ns}_job_duration_seconds",
-            "Handler run time (claim to outcome) of deliveries this process ran.",
-            ["queue"],
-            buckets=DURATION_BUCKETS,
-            registry=None,
-        )
-        self._wait = Histogram(
-            f"{ns}_job_wait_seconds",
-            "Time from a job becoming claimable to its claim by this process.",
-            ["queue"],
-            buckets=DURATION_BUCKETS,
-            registry=None,
-        )
-        self._restarts = Counter(
-            f"{ns}_pool_restarts",
-            "Claim-loop restarts of this process's pools.",
-            ["pool", "queue"],
-            registry=None,
-        )
+        self._restarts: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -167,26 +175,26 @@ class PersistqCollector(Collector):
         if isinstance(event, JobEvent):
             children = self._children.get(event.queue)
             if children is None:
-                children = self._children[event.queue] = _Children(self, event.queue)
-            if event.kind is EventKind.JOB_PUT:
-                children.put.inc()
+                children = self._children[event.queue] = _Children()
+            kind = event.kind
+            if kind is EventKind.JOB_PUT:
+                children.put += 1
                 return
-            if event.kind is EventKind.JOB_CLAIMED:
+            if kind is EventKind.JOB_CLAIMED:
                 if event.wait_seconds is not None:
-                    children.wait.observe(max(0.0, event.wait_seconds))
+                    children.wait.observe(event.wait_seconds)
                 return
-            outcome = _OUTCOMES.get(event.kind)
+            outcome = _OUTCOMES.get(kind)
             if outcome is None:
                 return
-            counter = children.outcomes.get(outcome)
-            if counter is None:
-                counter = children.outcomes[outcome] = self._jobs.labels(event.queue, outcome)
-            counter.inc()
+            outcomes = children.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             # A timeout is followed by its nack, which carries the run time: count it once.
-            if event.run_seconds is not None and event.kind is not EventKind.JOB_TIMEOUT:
-                children.duration.observe(max(0.0, event.run_seconds))
+            if event.run_seconds is not None and kind is not EventKind.JOB_TIMEOUT:
+                children.duration.observe(event.run_seconds)
         elif isinstance(event, PoolEvent) and event.kind is EventKind.POOL_RESTARTED:
-            self._restarts.labels(event.pool, event.queue).inc()
+            key = (event.pool, event.queue)
+            self._restarts[key] = self._restarts.get(key, 0) + 1
 
     def subscribe(self) -> None:
         """Start counting this process's events. Idempotent."""
@@ -266,11 +274,7 @@ class PersistqCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """The metrics, as ``prometheus_client`` asks for them at each scrape."""
-        yield from self._jobs.collect()
-        yield from self._put.collect()
-        yield from self._duration.collect()
-        yield from self._wait.collect()
-        yield from self._restarts.collect()
+        yield from self._event_metrics()
         ns = self.namespace
         snap = self._snapshot
         jobs = GaugeMetricFamily(
@@ -316,6 +320,40 @@ class PersistqCollector(Collector):
             )
             loop.add_metric([], self.supervisor.loop_lag_max)
             yield loop
+
+    def _event_metrics(self) -> Iterator[Metric]:
+        ns = self.namespace
+        children = sorted(self._children.items())
+        jobs = CounterMetricFamily(
+            f"{ns}_jobs",
+            "Jobs this process finished a delivery of, by queue and outcome.",
+            labels=["queue", "outcome"],
+        )
+        put = CounterMetricFamily(f"{ns}_jobs_put", "Jobs this process put.", labels=["queue"])
+        duration = HistogramMetricFamily(
+            f"{ns}_job_duration_seconds",
+            "Handler run time (claim to outcome) of deliveries this process ran.",
+            labels=["queue"],
+        )
+        wait = HistogramMetricFamily(
+            f"{ns}_job_wait_seconds",
+            "Time from a job becoming claimable to its claim by this process.",
+            labels=["queue"],
+        )
+        for queue, child in children:
+            for outcome, count in sorted(child.outcomes.items()):
+                jobs.add_metric([queue, outcome], count)
+            put.add_metric([queue], child.put)
+            duration.add_metric([queue], child.duration.cumulative(), child.duration.total)
+            wait.add_metric([queue], child.wait.cumulative(), child.wait.total)
+        restarts = CounterMetricFamily(
+            f"{ns}_pool_restarts",
+            "Claim-loop restarts of this process's pools.",
+            labels=["pool", "queue"],
+        )
+        for (pool, queue), count in sorted(self._restarts.items()):
+            restarts.add_metric([pool, queue], count)
+        yield from (jobs, put, duration, wait, restarts)
 
     def _pools(self) -> Iterable[Pool]:
         if self.supervisor is None:

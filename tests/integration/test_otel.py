@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -27,17 +28,27 @@ from tests.integration._support import records
 pytestmark = pytest.mark.timeout(90)
 
 
+_PROVIDERS: dict[int, TracerProvider] = {}
+
+
+def exporter_provider(spans: InMemorySpanExporter) -> TracerProvider:
+    """The tracer provider that exports into ``spans``."""
+    return _PROVIDERS[id(spans)]
+
+
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
     spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(spans))
+    _PROVIDERS[id(spans)] = provider
     tracer = otel.instrument(tracer_provider=provider)
     try:
         yield spans
     finally:
         otel.uninstrument(tracer)
         provider.shutdown()
+        del _PROVIDERS[id(spans)]
     assert not metrics.hub.traced
 
 
@@ -99,6 +110,39 @@ async def test_the_consumer_span_continues_the_producers_trace(
     failed = by_id[str(bad)]
     assert failed.attributes["error.type"] == "ValueError"
     assert not failed.status.is_ok
+
+
+async def test_spans_started_by_a_handler_are_children_of_its_consumer_span(
+    backend_url: str, queue_name: str, exporter: InMemorySpanExporter
+) -> None:
+    from opentelemetry import trace
+
+    async with open_queue(backend_url, queue_name, max_attempts=1) as q:
+        await q.put_many([{"n": 1}, {"n": 2}])
+        seen: list[str] = []
+
+        async def handler(job: pq.Job) -> None:
+            # The consumer span is current while the handler runs, in the handler's own task.
+            current = trace.get_current_span()
+            seen.append(current.get_span_context().span_id)
+            tracer = trace.get_tracer("app", tracer_provider=exporter_provider(exporter))
+            with tracer.start_as_current_span("app work"):
+                await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            assert trace.get_current_span() is current
+
+        await _run(q, handler)
+        # Outside any handler, nothing the pool attached is left current.
+        assert not trace.get_current_span().get_span_context().is_valid
+    processes = {s.context.span_id: s for s in _named(exporter, f"process {queue_name}")}
+    works = _named(exporter, "app work")
+    assert len(processes) == 2
+    assert len(works) == 2
+    assert sorted(seen) == sorted(processes)
+    for work in works:
+        assert work.parent is not None
+        consumer = processes[work.parent.span_id]
+        assert work.context.trace_id == consumer.context.trace_id
 
 
 async def test_the_trace_crosses_processes(

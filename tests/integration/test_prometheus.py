@@ -153,3 +153,58 @@ async def test_the_collector_in_an_applications_own_registry(
     assert found[("myapp_queue_jobs", (("queue", queue_name), ("state", "scheduled")))] == 1
     assert found[("myapp_workers", lq)] == 1
     assert found[("myapp_pool_concurrency", (("pool", "w"), ("queue", queue_name)))] == 2
+
+
+def test_event_histograms_match_prometheus_clients_own() -> None:
+    """The collector counts on the event loop's thread without prometheus_client's locks;
+    what it exposes must be what the client's own Histogram and Counter would (bucket
+    boundaries inclusive, negative times as zero)."""
+    from prometheus_client import Counter, Histogram
+
+    from persistq_async.contrib.prometheus import DURATION_BUCKETS
+    from persistq_async.metrics import EventKind, JobEvent, PoolEvent
+
+    times = [0.0, 0.001, 0.0011, 0.0025, 0.7, 1.0, 59.9, 300.0, 301.0, -0.5, 12.0]
+    collector = PersistqCollector()
+    mine = CollectorRegistry()
+    mine.register(collector)
+    reference = CollectorRegistry()
+    ref_duration = Histogram(
+        "persistq_job_duration_seconds",
+        "d",
+        ["queue"],
+        buckets=DURATION_BUCKETS,
+        registry=reference,
+    )
+    ref_wait = Histogram(
+        "persistq_job_wait_seconds", "w", ["queue"], buckets=DURATION_BUCKETS, registry=reference
+    )
+    ref_jobs = Counter("persistq_jobs", "j", ["queue", "outcome"], registry=reference)
+    ref_restarts = Counter("persistq_pool_restarts", "r", ["pool", "queue"], registry=reference)
+    for n, seconds in enumerate(times):
+        queue = "a" if n % 3 else "b"
+        collector(JobEvent(kind=EventKind.JOB_CLAIMED, queue=queue, job_id=n, wait_seconds=seconds))
+        ref_wait.labels(queue).observe(max(0.0, seconds))
+        kind = EventKind.JOB_ACKED if n % 2 else EventKind.JOB_NACKED
+        collector(JobEvent(kind=kind, queue=queue, job_id=n, run_seconds=seconds))
+        ref_duration.labels(queue).observe(max(0.0, seconds))
+        ref_jobs.labels(queue, "acked" if n % 2 else "nacked").inc()
+    # A timeout counts as an outcome, but its run time comes with the nack that follows it.
+    collector(JobEvent(kind=EventKind.JOB_TIMEOUT, queue="a", job_id=99, run_seconds=5.0))
+    ref_jobs.labels("a", "timeout").inc()
+    collector(PoolEvent(kind=EventKind.POOL_RESTARTED, pool="p", queue="a", concurrency=1))
+    ref_restarts.labels("p", "a").inc()
+
+    def event_samples(
+        registry: CollectorRegistry,
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        wanted = ("persistq_job_", "persistq_jobs_total", "persistq_pool_restarts_total")
+        return {
+            key: value
+            for key, value in samples(generate_latest(registry).decode()).items()
+            if key[0].startswith(wanted) and not key[0].endswith("_created")
+        }
+
+    expected = event_samples(reference)
+    assert len(expected) > 40
+    assert event_samples(mine) == pytest.approx(expected)
