@@ -9,19 +9,9 @@ from pathlib import Path
 import pytest
 
 import persistq_async as pq
+from tests.acceptance._cli_support import run_cli
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def persistq(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "persistq_async", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
 
 
 async def test_pause_and_resume_from_the_command_line(
@@ -29,12 +19,12 @@ async def test_pause_and_resume_from_the_command_line(
 ) -> None:
     async with pq.Queue(backend_url, name=queue_name) as q:
         await q.put("x")
-        done = persistq(tmp_path, "pause", "--url", backend_url, "--queue", queue_name)
+        done = run_cli("pause", "--url", backend_url, "--queue", queue_name, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"queue {queue_name!r} paused"
         assert (await q.stats()).paused is True
         assert await q.get_nowait() is None
-        done = persistq(tmp_path, "resume", "--url", backend_url, "--queue", queue_name)
+        done = run_cli("resume", "--url", backend_url, "--queue", queue_name, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert (await q.stats()).paused is False
         job = await q.get(timeout=5)
@@ -42,7 +32,7 @@ async def test_pause_and_resume_from_the_command_line(
 
 
 def test_pause_needs_a_queue(tmp_path: Path) -> None:
-    done = persistq(tmp_path, "pause", "--url", str(tmp_path / "jobs.db"))
+    done = run_cli("pause", "--url", str(tmp_path / "jobs.db"), cwd=tmp_path)
     assert done.returncode == 2
     assert "--queue" in done.stderr
     assert "Traceback" not in done.stderr

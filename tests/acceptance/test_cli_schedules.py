@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,20 +10,10 @@ import anyio
 import pytest
 
 import persistq_async as pq
+from tests.acceptance._cli_support import run_cli
 from tests.conftest import private_pg_database
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def persistq(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "persistq_async", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
 
 
 async def declare(url: str) -> None:
@@ -49,7 +37,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 def test_persistq_schedules_lists_name_queue_spec_and_next_run(tmp_path: Path, url: str) -> None:
     anyio.run(declare, url)
-    done = persistq(tmp_path, "schedules", "--url", url)
+    done = run_cli("schedules", "--url", url, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["name", "queue", "spec", "next", "run"]
@@ -64,7 +52,7 @@ def test_persistq_schedules_lists_name_queue_spec_and_next_run(tmp_path: Path, u
     assert rows[2][2].startswith("cron '30 2 * * *' UTC")
     assert rows[2][2].endswith("02:30:00+00:00")
 
-    done = persistq(tmp_path, "schedules", "--url", url, "--queue", "reports", "--json")
+    done = run_cli("schedules", "--url", url, "--queue", "reports", "--json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     (only,) = json.loads(done.stdout)
     assert (only["name"], only["queue"], only["paused"]) == ("nightly", "reports", False)
@@ -74,13 +62,13 @@ def test_persistq_schedules_lists_name_queue_spec_and_next_run(tmp_path: Path, u
 def test_persistq_schedules_on_a_database_without_any(tmp_path: Path) -> None:
     # Nothing found is exit 1, like every listing (README: the persistq command).
     anyio.run(open_and_close, str(tmp_path / "empty.db"))
-    done = persistq(tmp_path, "schedules", "--url", str(tmp_path / "empty.db"))
+    done = run_cli("schedules", "--url", str(tmp_path / "empty.db"), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert done.stdout.strip() == "no schedules"
 
 
 def test_persistq_schedules_creates_no_database(tmp_path: Path) -> None:
-    done = persistq(tmp_path, "schedules", "--url", str(tmp_path / "typo.db"))
+    done = run_cli("schedules", "--url", str(tmp_path / "typo.db"), cwd=tmp_path)
     assert done.returncode == 1
     assert "no database at" in done.stderr
     assert not (tmp_path / "typo.db").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,24 +9,14 @@ import httpx
 import pytest
 
 import persistq_async as pq
+from tests.acceptance._cli_support import run_cli
 from tests.web.conftest import free_port, start_server
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def persistq(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "persistq_async", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_a_missing_database_is_refused_in_one_line_and_not_created(tmp_path: Path) -> None:
-    done = persistq(tmp_path, "dashboard", "--url", "typo.db", "--port", str(free_port()))
+    done = run_cli("dashboard", "--url", "typo.db", "--port", str(free_port()), cwd=tmp_path)
     assert done.returncode == 1, done
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -37,7 +26,7 @@ def test_a_missing_database_is_refused_in_one_line_and_not_created(tmp_path: Pat
 
 def test_a_bad_port_or_token_is_a_usage_error(tmp_path: Path) -> None:
     for args in (["--port", "70000"], ["--port", "http"], ["--token", "  "]):
-        done = persistq(tmp_path, "dashboard", "--url", "jobs.db", *args)
+        done = run_cli("dashboard", "--url", "jobs.db", *args, cwd=tmp_path)
         assert done.returncode == 2, (args, done)
         assert "Traceback" not in done.stderr
 
