@@ -273,6 +273,10 @@ def create_app(
         _query(request, set())
         return JSONResponse(await dashboard.job(_job_id(request)))
 
+    async def api_schedules(request: Request) -> Response:
+        _query(request, set())
+        return JSONResponse(await dashboard.schedules())
+
     async def api_workers(request: Request) -> Response:
         _query(request, set())
         return JSONResponse(await dashboard.workers())
@@ -390,6 +394,7 @@ def create_app(
         Route("/jobs/{job_id}", page("job")),
         Route("/dead", page("dead")),
         Route("/workers", page("workers")),
+        Route("/schedules", page("schedules")),
         Route("/api/info", api_info),
         Route("/api/overview", api_overview),
         Route("/api/throughput", api_throughput),
@@ -402,6 +407,7 @@ def create_app(
         Route("/api/jobs/{job_id}", api_job),
         Route("/api/jobs/{job_id}/{action}", api_job_action, methods=["POST"]),
         Route("/api/workers", api_workers),
+        Route("/api/schedules", api_schedules),
         Route("/api/session", api_session, methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("persistq_async.web", "static")]), name="static"),
     ]

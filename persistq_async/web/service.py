@@ -317,6 +317,30 @@ class Dashboard:
             "newer": items[0]["id"] if items and has_newer else None,
         }
 
+    async def schedules(self) -> dict[str, Any]:
+        """Every queue's periodic jobs, by queue and name, with their next and last runs."""
+        records = await (await self._store()).schedules(None)
+        items = []
+        for record in records:
+            item: dict[str, Any] = {
+                "queue": record.queue,
+                "name": record.name,
+                "spec": record.timing.spec,
+                "paused": record.paused,
+                "next_run_at": None if record.paused else iso(record.next_run_at),
+                "last_tick_at": iso(record.last_tick_at),
+                "catch_up": record.catch_up,
+                "priority": record.priority,
+                "max_attempts": record.max_attempts,
+                "tags": list(record.tags),
+            }
+            try:
+                item["preview"] = preview(self.serializer.loads(record.payload))
+            except Exception as exc:  # the serializer's own error: still a schedule to see
+                item["decode_error"] = f"payload cannot be decoded: {exc}"
+            items.append(item)
+        return {"schedules": items}
+
     async def workers(self) -> dict[str, Any]:
         """The workers (supervisors) the database has a record of, with their pools."""
         found = await (await self.open()).workers()

@@ -425,3 +425,31 @@ async def test_a_database_that_goes_away_answers_503_with_a_reason(serve: Any) -
         assert "Traceback" not in server.stop()
     finally:
         await pg_admin(PG_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_the_schedules_api_lists_every_queues_schedules(serve: Any, tmp_path: Path) -> None:
+    database = str(tmp_path / "jobs.db")
+    async with pq.Queue(database, name="reports") as q:
+        await q.schedule(
+            "nightly", cron="30 2 * * *", timezone="Europe/Paris", payload={"report": "sales"}
+        )
+        await q.schedule("pulse", every=60, payload={"report": "pulse"}, tags=["ops"])
+        await q.pause_schedule("pulse")
+        await q.sibling("mail").schedule("digest", every=3600, payload={"to": "all"})
+        nightly = next(s for s in await q.schedules() if s.name == "nightly")
+    server = serve(database)
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        data = (await client.get("/api/schedules")).json()
+        refused = await client.get("/api/schedules?queue=mail")
+    by_name = {(s["queue"], s["name"]): s for s in data["schedules"]}
+    assert sorted(by_name) == [("mail", "digest"), ("reports", "nightly"), ("reports", "pulse")]
+    assert by_name["reports", "nightly"]["spec"] == "cron '30 2 * * *' Europe/Paris"
+    assert nightly.next_run_at is not None
+    assert by_name["reports", "nightly"]["next_run_at"] == nightly.next_run_at.isoformat()
+    assert by_name["reports", "nightly"]["preview"] == '{"report": "sales"}'
+    assert by_name["reports", "pulse"]["paused"] is True
+    assert by_name["reports", "pulse"]["next_run_at"] is None
+    assert by_name["reports", "pulse"]["tags"] == ["ops"]
+    assert by_name["mail", "digest"]["spec"] == "every 3600s"
+    assert refused.status_code == 400
+    assert "unknown parameter 'queue'" in refused.json()["error"]

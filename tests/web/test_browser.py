@@ -289,6 +289,32 @@ async def test_the_screenshot_script_photographs_the_overview(browser: Any, tmp_
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+async def test_the_schedules_page_lists_each_schedule_with_its_next_run(
+    serve: Any, page: Any, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    database = str(tmp_path / "jobs.db")
+    async with pq.Queue(database, name="reports") as q:
+        server = serve(database)
+        await page.goto(server.url + "/schedules")
+        await expect(page.locator("#no-schedules")).to_be_visible()
+        await q.schedule("nightly", cron="30 2 * * *", payload={"report": "sales"})
+        await q.schedule("pulse", every=60, payload={"report": "pulse"})
+        await q.pause_schedule("pulse")
+    row = page.locator('#schedules tbody tr[data-schedule="reports/nightly"]')
+    await row.wait_for()
+    assert await row.locator("td.spec").inner_text() == "cron '30 2 * * *' UTC"
+    assert (await row.locator("td.next").inner_text()).startswith("in ")
+    assert await row.locator("td.payload").inner_text() == '{"report": "sales"}'
+    paused = page.locator('#schedules tbody tr[data-schedule="reports/pulse"] td.next')
+    await expect_text(page, '#schedules tbody tr[data-schedule="reports/pulse"] td.next', "paused")
+    assert await paused.count() == 1
+    assert await page.locator("#no-schedules").is_hidden()
+    await page.click('#schedules tbody tr[data-schedule="reports/nightly"] a')
+    await page.wait_for_url(server.url + "/queues/reports")
+
+
 async def test_the_workers_page_shows_a_live_supervisor_and_its_pool(
     serve: Any, browser: Any, page: Any, tmp_path: Path
 ) -> None:

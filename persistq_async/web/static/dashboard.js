@@ -44,6 +44,12 @@
     return duration((Date.now() - new Date(iso).getTime()) / 1000) + " ago";
   }
 
+  function until(iso) {
+    if (!iso) return "";
+    const left = (new Date(iso).getTime() - Date.now()) / 1000;
+    return left > 0 ? "in " + duration(left) : "due";
+  }
+
   function duration(seconds) {
     if (seconds === null || seconds === undefined) return "";
     const s = Math.max(0, seconds);
@@ -560,11 +566,32 @@
     });
   }
 
+  // ------------------------------------------------------------------ schedules
+
+  function schedulesPage() {
+    poll(async () => {
+      const data = await api("/api/schedules");
+      $("#schedules tbody").replaceChildren(...data.schedules.map((s) => el("tr", { "data-schedule": s.queue + "/" + s.name },
+        el("td", {}, el("a", { href: path("/queues/", encodeURIComponent(s.queue)), text: s.queue })),
+        el("td", { text: s.name }),
+        el("td", { class: "spec", text: s.spec }),
+        s.paused ? el("td", { class: "next", text: "paused" })
+          : el("td", { class: "next", title: when(s.next_run_at), text: s.next_run_at ? until(s.next_run_at) : "" }),
+        el("td", { title: when(s.last_tick_at), text: s.last_tick_at ? ago(s.last_tick_at) : "never" }),
+        el("td", { text: s.catch_up }),
+        el("td", { class: "payload", text: s.decode_error || s.preview }))));
+      $("#no-schedules").hidden = data.schedules.length > 0;
+    });
+  }
+
   // ------------------------------------------------------------------ start
 
   setupToken();
   disableActions();
-  const pages = { overview: overviewPage, queue: queuePage, dead: deadPage, job: jobPage, workers: workersPage };
+  const pages = {
+    overview: overviewPage, queue: queuePage, dead: deadPage, job: jobPage, workers: workersPage,
+    schedules: schedulesPage,
+  };
   const start = pages[body.dataset.page];
   if (start) start();
   else { const u = $("#updated"); if (u) u.textContent = ""; }
