@@ -51,10 +51,15 @@ class Execution:
     blocked_seconds: float = 0.0
 
     def stop(self, reason: StopReason) -> None:
-        """Cancel the handler; the first reason given is the one recorded."""
+        """Cancel the handler; the first reason given is the one recorded.
+
+        Once the handler has ended (``settling``) nothing is cancelled: the scope may then be
+        the one, shielded, in which the outcome is being written.
+        """
         if self.reason is None:
             self.reason = reason
-        self.scope.cancel()
+        if not self.settling:
+            self.scope.cancel()
 
 
 def check_handler(handler: Any) -> Handler:

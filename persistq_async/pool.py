@@ -1,16 +1,23 @@
 """Pool: a claim loop and the executors that run a handler under a concurrency limit.
 
 The claim loop leases only as many jobs as the pool has free slots, in one statement, so no job
-waits leased in a local buffer while another process could run it. Each executor runs one delivery
-in its own cancel scope: the job timeout is that scope's deadline, and cancelling it (timeout,
-``Queue.cancel``, a lost lease, shutdown) leaves the job consistent: nacked, already cancelled,
-refused, or handed back, each write shielded from the cancellation that caused it.
+waits leased in a local buffer while another process could run it. The jobs it leases go to the
+pool's *slots*: long-lived tasks, one per unit of concurrency, each taking one delivery at a
+time from a local hand-off (a parked slot's future, else a short deque), so a delivery costs no
+task of its own. Each delivery runs in its own cancel scope: the job timeout is that scope's
+deadline, and cancelling it (timeout, ``Queue.cancel``, a lost lease, shutdown) leaves the job
+consistent: nacked, already cancelled, refused, or handed back, each write shielded from the
+cancellation that caused it. When nothing cancelled the handler, its outcome is written in that
+same scope, turned shielded and bounded, rather than in two more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +41,11 @@ from .errors import (
 from .job import ResultTooLarge, WriteAbandoned
 from .metrics import EventKind, JobEvent, PoolEvent, hub
 from .monitoring import log_event
+from .queue import Watch
 
 if TYPE_CHECKING:
     from .job import Job
-    from .queue import Queue, Watch
+    from .queue import Queue
 
 __all__ = [
     "DEFAULT_BLOCK_THRESHOLD",
@@ -103,13 +111,28 @@ class Pool:
         #: Seconds the handlers' own slow steps held the event loop, in total.
         self.blocked_seconds: float = 0.0
         self.executions: dict[int, Execution] = {}
-        # Handlers running now; an execution recording its outcome no longer holds a slot, so
-        # the refill claim can share a transaction with the acks that freed the slots.
+        # Handlers running now (deliveries handed to the slots included); an execution
+        # recording its outcome no longer holds a slot, so the refill claim can share a
+        # transaction with the acks that freed the slots.
         self._handlers_running = 0
-        self._limiter = anyio.CapacityLimiter(self._concurrency)
-        self._slot_freed = anyio.Event()
+        # Deliveries claimed while no slot was parked (every slot was still recording the
+        # outcome of its last one); the next slot to come free takes the oldest.
+        self._pending: deque[Execution] = deque()
+        # The futures of the slots waiting for a delivery, the last parked on top.
+        self._parked: list[asyncio.Future[Execution | None]] = []
+        # Slot tasks alive (started, not yet returned); more than ``concurrency`` only while
+        # a smaller limit waits for busy slots to finish their delivery.
+        self._slots = 0
+        # Slots return once nothing is pending: set when the pool has drained.
+        self._closing = False
+        # Set when a slot frees up, and by work notifications of the queue: the claim loop
+        # waits on this one event rather than on one task per thing it waits for.
+        self._wakeup = anyio.Event()
+        self._work_listener = self._on_work
         self._idle = anyio.Event()
         self._idle.set()
+        # anyio's clock; the event loop's own once running (the same clock, read directly).
+        self._time: Callable[[], float] = anyio.current_time
         self._claim_scope = anyio.CancelScope()
         self._stopping = False
         self._stopped = anyio.Event()
@@ -142,7 +165,11 @@ class Pool:
     def resize(self, concurrency: int) -> None:
         """Change the limit; running handlers are never cancelled by a smaller one."""
         self._concurrency = check_int("concurrency", concurrency, minimum=1)
-        self._limiter.total_tokens = concurrency
+        if self._tg is not None and not self._closing:
+            self._add_slots()
+            # Parked slots beyond the new limit return now; busy ones after their delivery.
+            while self._slots > self._concurrency and self._parked:
+                self._retire(self._parked.pop())
         self._wake_claimer()
         log_event(
             logger,
@@ -157,8 +184,18 @@ class Pool:
         return max(0, self._concurrency - self._handlers_running)
 
     def _wake_claimer(self) -> None:
-        self._slot_freed.set()
-        self._slot_freed = anyio.Event()
+        self._wakeup.set()
+
+    def _arm(self) -> anyio.Event:
+        """The claim loop's wake-up event, fresh unless unset; armed before each look at the
+        queue, so whatever happens after the look sets it."""
+        if self._wakeup.is_set():
+            self._wakeup = anyio.Event()
+        return self._wakeup
+
+    def _on_work(self, queue: str) -> None:
+        if queue == self.queue.name or queue == "*":
+            self._wakeup.set()
 
     # ------------------------------------------------------------------ running
 
@@ -169,10 +206,12 @@ class Pool:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self._time = asyncio.get_running_loop().time
                 self._grace = grace
                 listener = self._on_cancelled
                 store = self.queue.store
                 store.add_cancel_listener(listener)
+                store.wakeups.add_work_listener(self._work_listener)
                 try:
                     log_event(
                         logger,
@@ -183,6 +222,7 @@ class Pool:
                     )
                     if hub.observed:
                         self.emit(EventKind.POOL_STARTED)
+                    self._add_slots()
                     task_status.started()
                     with self._claim_scope:
                         await self._claim_forever()
@@ -191,6 +231,7 @@ class Pool:
                     # The store itself: the queue may have been closed first (a Queue
                     # entered after, so left before, the Supervisor).
                     store.remove_cancel_listener(listener)
+                    store.wakeups.remove_work_listener(self._work_listener)
         finally:
             self._stopped.set()
             log_event(
@@ -234,6 +275,11 @@ class Pool:
         with anyio.move_on_after(grace):
             await self._idle.wait()
         self.cancel_running()
+        # The slots finish what they hold (deliveries not started yet are handed back, being
+        # stopped), then return; the parked ones return now.
+        self._closing = True
+        while self._parked:
+            self._retire(self._parked.pop())
 
     async def _claim_forever(self) -> None:
         while not self._stopping:
@@ -252,47 +298,89 @@ class Pool:
 
     async def _claim_loop(self) -> None:
         queue = self.queue
+        store = queue.store
         while True:
+            # Armed before the look: a slot freed or work notified after it wakes the wait.
+            wakeup = self._arm()
             free = self._free_slots()
             if free == 0:
-                await self._slot_freed.wait()
+                await wakeup.wait()
                 continue
-            watch = queue.watch(work=True)
+            token = store.known_change_token()
             jobs, next_due_at = await queue.claim(free)
             for job in jobs:
                 self._start(job)
             if len(jobs) == free:
                 continue
-            await self._wait(bool(jobs), watch, next_due_at)
-
-    async def _wait(self, running: bool, watch: Watch, next_due_at: float | None) -> None:
-        """Until new work may be claimable, or (when handlers run) until a slot frees up."""
-        slot_freed = self._slot_freed
-        async with anyio.create_task_group() as waiters:
-
-            async def slot_wait() -> None:
-                await slot_freed.wait()
-                waiters.cancel_scope.cancel()
-
-            async def work_wait() -> None:
-                await self.queue.wait(watch, next_due_at=next_due_at)
-                waiters.cancel_scope.cancel()
-
-            if running:
-                waiters.start_soon(slot_wait)
-            waiters.start_soon(work_wait)
+            # Until new work may be claimable, a slot frees up, or another process committed.
+            await queue.wait(Watch(event=wakeup, token=token), next_due_at=next_due_at)
 
     def _start(self, job: Job) -> None:
-        assert self._tg is not None
-        now = anyio.current_time()
-        deadline = now + self.job_timeout if self.job_timeout is not None else float("inf")
+        now = self._time()
+        timeout = self.job_timeout
+        deadline = math.inf if timeout is None else now + timeout
         execution = Execution(
             job=job, scope=anyio.CancelScope(deadline=deadline), started_at=now, deadline=deadline
         )
         self.executions[job.id] = execution
         self._handlers_running += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._tg.start_soon(self._execute, execution, name=f"persistq job {job.id}")
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        parked = self._parked
+        while parked:
+            slot = parked.pop()
+            if not slot.done():  # a cancelled slot may not have unparked itself yet
+                slot.set_result(execution)
+                return
+        self._pending.append(execution)
+
+    # ------------------------------------------------------------------ slots
+
+    def _add_slots(self) -> None:
+        """Start slot tasks up to ``concurrency``."""
+        assert self._tg is not None
+        while self._slots < self._concurrency:
+            self._slots += 1
+            self._tg.start_soon(self._slot, name=f"persistq pool {self.name} slot")
+
+    def _retire(self, parked: asyncio.Future[Execution | None]) -> None:
+        if not parked.done():
+            parked.set_result(None)
+            self._slots -= 1
+
+    async def _slot(self) -> None:
+        """One slot: run deliveries one after the other until retired or cancelled."""
+        loop = asyncio.get_running_loop()
+        pending = self._pending
+        while True:
+            if pending:
+                execution: Execution | None = pending.popleft()
+            elif self._closing or self._slots > self._concurrency:
+                self._slots -= 1
+                return
+            else:
+                parked: asyncio.Future[Execution | None] = loop.create_future()
+                self._parked.append(parked)
+                try:
+                    execution = await parked
+                except BaseException:
+                    self._unpark(parked)
+                    raise
+                if execution is None:  # retired (counted by _retire)
+                    return
+            await self._execute(execution)
+
+    def _unpark(self, parked: asyncio.Future[Execution | None]) -> None:
+        """A parked slot is being cancelled (its task group is going down)."""
+        self._slots -= 1
+        if parked in self._parked:
+            self._parked.remove(parked)
+        elif parked.done() and not parked.cancelled():
+            handed = parked.result()
+            if handed is not None:
+                # Handed over in the same loop iteration as the cancellation: the next slot
+                # takes it (and hands it back, the pool stopping), never lost in between.
+                self._pending.appendleft(handed)
 
     def _on_cancelled(self, queue: str, job_id: int) -> None:
         if queue == self.queue.name:
@@ -302,65 +390,92 @@ class Pool:
 
     async def _execute(self, execution: Execution) -> None:
         job = execution.job
+        scope = execution.scope
         error: BaseException | None = None
         result: Any = None
         returned = False
+        settled = False
+        death: tuple[str | None] | None = None
         try:
-            with execution.scope:
-                crash_point("mid-handler")
-                running: Awaitable[Any] = self.handler(job)
-                if isinstance(running, Coroutine):  # always, for an async def handler
-                    running = TimedSteps(
-                        running,
-                        threshold=self.block_threshold,
-                        on_slow=lambda seconds: self._blocked(execution, seconds),
-                    )
-                if hub.traced:
-                    with hub.process_spans(job, self.name):
-                        result = await running
-                else:
-                    result = await running
-                returned = True
-        except Exception as exc:
-            error = exc
-        finally:
-            execution.settling = True
-            self._handlers_running -= 1
-            self._wake_claimer()
-            if (
-                not returned
-                and error is None
-                and execution.reason is None
-                and not execution.scope.cancelled_caught
-            ):
-                # Cancelled from outside (the supervisor's task group is going down): the
-                # handler did not finish, so hand the lease back rather than ack it.
-                execution.reason = StopReason.SHUTDOWN
-            # Shielded and bounded: the outcome must be recorded even when the pool is being
-            # cancelled, and must not hold shutdown hostage if the database is gone.
-            death: tuple[str | None] | None = None
-            # The bound also covers retries of a write that fails on a transient error, which
-            # go on while the lease lasts.
-            bound = OUTCOME_TIMEOUT + self.queue.options.lease_seconds
-            with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+            with scope:
                 try:
-                    death = await self._settle(execution, result, error)
-                except Exception:  # an executor must never take its pool down
-                    logger.exception(
-                        "job %d: recording the outcome failed",
-                        job.id,
-                        extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
-                    )
+                    crash_point("mid-handler")
+                    running: Awaitable[Any] = self.handler(job)
+                    if isinstance(running, Coroutine):  # always, for an async def handler
+                        running = TimedSteps(
+                            running,
+                            threshold=self.block_threshold,
+                            on_slow=lambda seconds: self._blocked(execution, seconds),
+                        )
+                    if hub.traced:
+                        with hub.process_spans(job, self.name):
+                            result = await running
+                    else:
+                        result = await running
+                    returned = True
+                except Exception as exc:
+                    error = exc
+                if not scope.cancel_called:
+                    # The handler ended by itself and nothing stopped it: record the outcome
+                    # in this same scope, now shielded and bounded (the slow path below takes
+                    # a scope of its own for that).
+                    self._handler_done(execution)
+                    scope.shield = True
+                    scope.deadline = self._time() + self._outcome_bound()
+                    settled = True
+                    death = await self._settle_logged(execution, result, error)
+        finally:
+            if not settled:
+                self._handler_done(execution)
+                if (
+                    not returned
+                    and error is None
+                    and execution.reason is None
+                    and not scope.cancelled_caught
+                ):
+                    # Cancelled from outside (the supervisor's task group is going down): the
+                    # handler did not finish, so hand the lease back rather than ack it.
+                    execution.reason = StopReason.SHUTDOWN
+                # Shielded and bounded: the outcome must be recorded even when the pool is
+                # being cancelled, and must not hold shutdown hostage if the database is gone.
+                # The bound also covers retries of a write that fails on a transient error,
+                # which go on while the lease lasts.
+                with anyio.CancelScope(shield=True, deadline=self._time() + self._outcome_bound()):
+                    death = await self._settle_logged(execution, result, error)
             if death is not None and self.on_dead is not None:
                 await self._call_on_dead(job, death[0])
             # A job nacked for now (or, once its lease ran out, the job of a handler that
             # ignored its cancellation) can be delivered to this pool again while this
             # delivery is still ending: the entry is then the newer delivery's.
-            if self.executions.get(job.id) is execution:
-                del self.executions[job.id]
+            executions = self.executions
+            if executions.get(job.id) is execution:
+                del executions[job.id]
             self.processed += 1
-            if not self.executions:
+            if not executions:
                 self._idle.set()
+
+    def _outcome_bound(self) -> float:
+        return OUTCOME_TIMEOUT + self.queue.options.lease_seconds
+
+    def _handler_done(self, execution: Execution) -> None:
+        """The handler has ended: its slot counts as free for the next claim."""
+        execution.settling = True
+        self._handlers_running -= 1
+        self._wakeup.set()
+
+    async def _settle_logged(
+        self, execution: Execution, result: Any, error: BaseException | None
+    ) -> tuple[str | None] | None:
+        try:
+            return await self._settle(execution, result, error)
+        except Exception:  # an executor must never take its pool down
+            job = execution.job
+            logger.exception(
+                "job %d: recording the outcome failed",
+                job.id,
+                extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
+            )
+            return None
 
     def _blocked(self, execution: Execution, seconds: float) -> None:
         """One step of this execution's handler held the event loop for ``seconds``."""
@@ -416,7 +531,7 @@ class Pool:
         job = execution.job
         spent = job.attempts >= job.max_attempts  # a nack now makes the job dead
         death: tuple[str | None] | None = None
-        elapsed = anyio.current_time() - execution.started_at
+        elapsed = self._time() - execution.started_at
         reason = execution.reason
         if reason is None and execution.scope.cancelled_caught:
             reason = StopReason.TIMEOUT

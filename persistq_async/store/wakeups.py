@@ -44,6 +44,7 @@ class Wakeups:
         self._change_events: dict[str, anyio.Event] = {}
         self._cancel_listeners: list[CancelListener] = []
         self._change_listeners: list[ChangeListener] = []
+        self._work_listeners: list[ChangeListener] = []
         self._schedules_event: anyio.Event | None = None
         self._watch_conn: AsyncConnection | None = None
         self._watch_lock = anyio.Lock()
@@ -87,6 +88,8 @@ class Wakeups:
                 event = peer._work_events.pop(queue, None)
                 if event is not None:
                     event.set()
+                for listener in list(peer._work_listeners):
+                    listener(queue)
             event = peer._change_events.pop(queue, None)
             if event is not None:
                 event.set()
@@ -94,9 +97,13 @@ class Wakeups:
                 listener(queue)
 
     def notify_all_work(self) -> None:
-        """Wake the work waiters of every queue this store has waiters for."""
+        """Wake the work waiters of every queue this store has waiters for, and every work
+        listener of this process on this database with ``"*"`` (any queue)."""
         for queue in list(self._work_events):
             self.notify(queue, work=True)
+        for peer in self._peers():
+            for listener in list(peer._work_listeners):
+                listener("*")
 
     def schedules_event(self) -> anyio.Event:
         """An event set when this process saved, paused or resumed a schedule (the scheduler
@@ -121,6 +128,17 @@ class Wakeups:
         """Undo :meth:`add_change_listener`."""
         if listener in self._change_listeners:
             self._change_listeners.remove(listener)
+
+    def add_work_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(queue)`` whenever :meth:`notify` wakes the work waiters of a queue,
+        and ``listener("*")`` on :meth:`notify_all_work` (a pool's claim loop waits on one
+        event of its own, set by this and by its slots coming free)."""
+        self._work_listeners.append(listener)
+
+    def remove_work_listener(self, listener: ChangeListener) -> None:
+        """Undo :meth:`add_work_listener`."""
+        if listener in self._work_listeners:
+            self._work_listeners.remove(listener)
 
     def add_cancel_listener(self, listener: CancelListener) -> None:
         """Call ``listener(queue, job_id)`` when this process cancels a job."""
