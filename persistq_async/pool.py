@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -26,20 +25,20 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._checks import check_float, check_int, check_name
 from ._crash import crash_point
-from ._execution import DeadHook, Execution, StopReason, check_handler, check_on_dead
-from ._steps import TimedSteps
-from ._types import Handler
-from .errors import (
-    JobAlreadyFinished,
-    LeaseLost,
-    PersistQError,
-    Reject,
-    Retry,
-    SerializationError,
-    SupervisorError,
+from ._execution import (
+    ON_DEAD_TIMEOUT,
+    DeadHook,
+    Execution,
+    StopReason,
+    call_on_dead,
+    check_handler,
+    check_on_dead,
+    settle,
 )
-from .job import ResultTooLarge, WriteAbandoned
-from .metrics import EventKind, JobEvent, PoolEvent, hub
+from ._steps import timed_steps
+from ._types import Handler
+from .errors import SupervisorError
+from .metrics import EventKind, PoolEvent, hub
 from .monitoring import log_event
 from .queue import Watch
 
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_BLOCK_THRESHOLD",
+    "ON_DEAD_TIMEOUT",
     "DeadHook",
     "Execution",
     "Pool",
@@ -65,9 +65,6 @@ OUTCOME_TIMEOUT = 30.0
 #: Seconds one step of a handler (from one ``await`` to the next) may hold the event loop before
 #: the handler is named as calling blocking code.
 DEFAULT_BLOCK_THRESHOLD = 0.5
-
-#: How long an ``on_dead`` hook may run before it is cancelled (and the failure logged).
-ON_DEAD_TIMEOUT = 30.0
 
 
 class Pool:
@@ -354,7 +351,7 @@ class Pool:
         pending = self._pending
         while True:
             if pending:
-                execution: Execution | None = pending.popleft()
+                execution = pending.popleft()
             elif self._closing or self._slots > self._concurrency:
                 self._slots -= 1
                 return
@@ -362,25 +359,27 @@ class Pool:
                 parked: asyncio.Future[Execution | None] = loop.create_future()
                 self._parked.append(parked)
                 try:
-                    execution = await parked
+                    handed = await parked
                 except BaseException:
                     self._unpark(parked)
                     raise
-                if execution is None:  # retired (counted by _retire)
+                if handed is None:  # retired (and counted) by _retire
                     return
+                execution = handed
             await self._execute(execution)
 
     def _unpark(self, parked: asyncio.Future[Execution | None]) -> None:
         """A parked slot is being cancelled (its task group is going down)."""
-        self._slots -= 1
         if parked in self._parked:
             self._parked.remove(parked)
         elif parked.done() and not parked.cancelled():
             handed = parked.result()
-            if handed is not None:
-                # Handed over in the same loop iteration as the cancellation: the next slot
-                # takes it (and hands it back, the pool stopping), never lost in between.
-                self._pending.appendleft(handed)
+            if handed is None:
+                return  # retired in the same loop iteration: _retire counted it
+            # Handed over in the same loop iteration as the cancellation: the next slot takes
+            # it (and hands it back, the pool stopping), never lost in between.
+            self._pending.appendleft(handed)
+        self._slots -= 1
 
     def _on_cancelled(self, queue: str, job_id: int) -> None:
         if queue == self.queue.name:
@@ -402,10 +401,8 @@ class Pool:
                     crash_point("mid-handler")
                     running: Awaitable[Any] = self.handler(job)
                     if isinstance(running, Coroutine):  # always, for an async def handler
-                        running = TimedSteps(
-                            running,
-                            threshold=self.block_threshold,
-                            on_slow=lambda seconds: self._blocked(execution, seconds),
+                        running = timed_steps(
+                            running, self.block_threshold, self._blocked, execution
                         )
                     if hub.traced:
                         with hub.process_spans(job, self.name):
@@ -443,7 +440,7 @@ class Pool:
                 with anyio.CancelScope(shield=True, deadline=self._time() + self._outcome_bound()):
                     death = await self._settle_logged(execution, result, error)
             if death is not None and self.on_dead is not None:
-                await self._call_on_dead(job, death[0])
+                await call_on_dead(self.on_dead, job, death[0], pool=self.name)
             # A job nacked for now (or, once its lease ran out, the job of a handler that
             # ignored its cancellation) can be delivered to this pool again while this
             # delivery is still ending: the entry is then the newer delivery's.
@@ -467,7 +464,14 @@ class Pool:
         self, execution: Execution, result: Any, error: BaseException | None
     ) -> tuple[str | None] | None:
         try:
-            return await self._settle(execution, result, error)
+            settled = await settle(
+                execution,
+                result,
+                error,
+                pool=self.name,
+                job_timeout=self.job_timeout,
+                elapsed=self._time() - execution.started_at,
+            )
         except Exception:  # an executor must never take its pool down
             job = execution.job
             logger.exception(
@@ -476,6 +480,9 @@ class Pool:
                 extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
             )
             return None
+        if settled.failed:
+            self.failed += 1
+        return settled.death
 
     def _blocked(self, execution: Execution, seconds: float) -> None:
         """One step of this execution's handler held the event loop for ``seconds``."""
@@ -495,170 +502,3 @@ class Pool:
                 pool=self.name,
                 blocked_seconds=round(seconds, 3),
             )
-
-    async def _call_on_dead(self, job: Job, error: str | None) -> None:
-        """The hook runs after the death committed: whatever it does, the job is kept."""
-        assert self.on_dead is not None
-        with anyio.move_on_after(ON_DEAD_TIMEOUT) as scope:
-            try:
-                await self.on_dead(job, error)
-            except Exception as exc:
-                log_event(
-                    logger,
-                    logging.ERROR,
-                    "on_dead_failed",
-                    f"job {job.id}: the on_dead hook failed: {type(exc).__name__}: {exc}",
-                    job_id=job.id,
-                    queue=job.queue,
-                    pool=self.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-        if scope.cancelled_caught:
-            log_event(
-                logger,
-                logging.ERROR,
-                "on_dead_failed",
-                f"job {job.id}: the on_dead hook ran past {ON_DEAD_TIMEOUT}s and was cancelled",
-                job_id=job.id,
-                queue=job.queue,
-                pool=self.name,
-            )
-
-    async def _settle(
-        self, execution: Execution, result: Any, error: BaseException | None
-    ) -> tuple[str | None] | None:
-        """Record the delivery's outcome; ``(last error,)`` when that made the job dead."""
-        job = execution.job
-        spent = job.attempts >= job.max_attempts  # a nack now makes the job dead
-        death: tuple[str | None] | None = None
-        elapsed = self._time() - execution.started_at
-        reason = execution.reason
-        if reason is None and execution.scope.cancelled_caught:
-            reason = StopReason.TIMEOUT
-        fields = {"job_id": job.id, "queue": job.queue, "pool": self.name, "attempts": job.attempts}
-        try:
-            if job.finished:
-                return None  # the handler acked, nacked or failed it itself
-            if reason is StopReason.TIMEOUT:
-                self.failed += 1
-                message = f"timeout: the handler ran longer than job_timeout={self.job_timeout}s"
-                if hub.observed:
-                    hub.emit(
-                        JobEvent(
-                            kind=EventKind.JOB_TIMEOUT,
-                            queue=job.queue,
-                            job_id=job.id,
-                            attempts=job.attempts,
-                            pool=self.name,
-                            run_seconds=elapsed,
-                            error=message,
-                        )
-                    )
-                await job.nack(error=message)
-                log_event(
-                    logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields
-                )
-                death = (message,) if spent else None
-            elif reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_stopped",
-                    f"job {job.id} stopped: {reason.value}",
-                    **fields,
-                )
-            elif reason is StopReason.SHUTDOWN:
-                await job.release()
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_released",
-                    f"job {job.id} released at shutdown",
-                    **fields,
-                )
-            elif isinstance(error, Retry):
-                message = "retry requested by the handler"
-                await job.nack(delay=error.delay, error=message)
-                log_event(
-                    logger, logging.INFO, "job_nacked", f"job {job.id} retry requested", **fields
-                )
-                death = (message,) if spent else None
-            elif isinstance(error, Reject):
-                self.failed += 1
-                message = f"rejected: {error.reason}"
-                await job.fail(error=message)
-                log_event(logger, logging.INFO, "job_failed", f"job {job.id} rejected", **fields)
-                death = (message,)
-            elif error is not None:
-                self.failed += 1
-                text = "".join(traceback.format_exception(error))
-                await job.nack(error=text)
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_nacked",
-                    f"job {job.id} failed in {elapsed:.3f}s: {type(error).__name__}: {error}",
-                    error=f"{type(error).__name__}: {error}",
-                    **fields,
-                )
-                death = (text,) if spent else None
-            else:
-                try:
-                    await job.ack(result)
-                except ResultTooLarge as exc:
-                    # The same handler would return the same again: dead now, not retried.
-                    self.failed += 1
-                    await job.fail(error=str(exc))
-                    log_event(
-                        logger,
-                        logging.WARNING,
-                        "result_unstorable",
-                        f"job {job.id}: {exc}",
-                        **fields,
-                    )
-                    death = (str(exc),)
-                except SerializationError as exc:
-                    self.failed += 1
-                    message = f"the handler's result cannot be stored: {exc}"
-                    await job.nack(error=message)
-                    log_event(
-                        logger, logging.WARNING, "job_nacked", f"job {job.id}: {exc}", **fields
-                    )
-                    death = (message,) if spent else None
-                else:
-                    log_event(
-                        logger,
-                        logging.INFO,
-                        "job_acked",
-                        f"job {job.id} done in {elapsed:.3f}s",
-                        **fields,
-                    )
-        except (LeaseLost, JobAlreadyFinished) as exc:
-            log_event(
-                logger,
-                logging.WARNING,
-                "outcome_refused",
-                f"job {job.id}: outcome not applied: {exc}",
-                **fields,
-            )
-        except SerializationError as exc:
-            log_event(
-                logger,
-                logging.WARNING,
-                "result_unstorable",
-                f"job {job.id}: {exc}",
-                **fields,
-            )
-        except WriteAbandoned:
-            pass  # retried until the lease ran out, and logged as write_abandoned
-        except PersistQError as exc:
-            # The database failed or the queue closed: the lease will expire and the job be
-            # rescued, so nothing is lost; say so rather than crash the pool.
-            log_event(
-                logger,
-                logging.ERROR,
-                "outcome_failed",
-                f"job {job.id}: recording the outcome failed ({exc}); the lease will expire",
-                **fields,
-            )
-        return death

@@ -27,6 +27,9 @@ CancelListener = Callable[[str, int], None]
 ChangeListener = Callable[[str], None]
 
 _registry: weakref.WeakSet[Wakeups] = weakref.WeakSet()
+# Bumped whenever a store registers or unregisters: each store keeps its list of peers until
+# then, rather than walking the registry on every commit (every ack notifies).
+_generation = 0
 
 
 class Wakeups:
@@ -50,21 +53,35 @@ class Wakeups:
         self._watch_lock = anyio.Lock()
         self._watch_value = 0
         self._watch_checked = -math.inf
+        self._peer_refs: tuple[weakref.ref[Wakeups], ...] = ()
+        self._peers_generation = -1
 
     def register(self, watch_conn: AsyncConnection | None) -> None:
         """Start receiving wake-ups of this process's stores on the same database."""
+        global _generation
         self._loop = asyncio.get_running_loop()
         self._watch_conn = watch_conn
         _registry.add(self)
+        _generation += 1
 
     def unregister(self) -> AsyncConnection | None:
         """Stop receiving wake-ups; returns the watch connection for the caller to close."""
+        global _generation
         _registry.discard(self)
+        _generation += 1
         conn, self._watch_conn = self._watch_conn, None
         return conn
 
     def _peers(self) -> list[Wakeups]:
-        return [w for w in list(_registry) if w._where == self._where and w._loop is self._loop]
+        if self._peers_generation != _generation:
+            # Weak references: a store dropped without being closed is not kept alive here.
+            self._peer_refs = tuple(
+                weakref.ref(w)
+                for w in list(_registry)
+                if w._where == self._where and w._loop is self._loop
+            )
+            self._peers_generation = _generation
+        return [peer for ref in self._peer_refs if (peer := ref()) is not None]
 
     def work_event(self, queue: str) -> anyio.Event:
         """An event set when jobs of ``queue`` may have become claimable in this process."""
@@ -88,13 +105,15 @@ class Wakeups:
                 event = peer._work_events.pop(queue, None)
                 if event is not None:
                     event.set()
-                for listener in list(peer._work_listeners):
-                    listener(queue)
+                if peer._work_listeners:
+                    for listener in list(peer._work_listeners):
+                        listener(queue)
             event = peer._change_events.pop(queue, None)
             if event is not None:
                 event.set()
-            for listener in list(peer._change_listeners):
-                listener(queue)
+            if peer._change_listeners:
+                for listener in list(peer._change_listeners):
+                    listener(queue)
 
     def notify_all_work(self) -> None:
         """Wake the work waiters of every queue this store has waiters for, and every work
