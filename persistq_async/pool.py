@@ -128,8 +128,10 @@ class Pool:
         self._work_listener = self._on_work
         self._idle = anyio.Event()
         self._idle.set()
-        # anyio's clock; the event loop's own once running (the same clock, read directly).
+        # anyio's clock and cancel scopes; once running, the event loop's own clock and the
+        # running backend's scope class, looked up once rather than on every delivery.
         self._time: Callable[[], float] = anyio.current_time
+        self._scope: Callable[..., anyio.CancelScope] = anyio.CancelScope
         self._claim_scope = anyio.CancelScope()
         self._stopping = False
         self._stopped = anyio.Event()
@@ -204,6 +206,7 @@ class Pool:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._time = asyncio.get_running_loop().time
+                self._scope = type(anyio.CancelScope())
                 self._grace = grace
                 listener = self._on_cancelled
                 store = self.queue.store
@@ -317,7 +320,7 @@ class Pool:
         timeout = self.job_timeout
         deadline = math.inf if timeout is None else now + timeout
         execution = Execution(
-            job=job, scope=anyio.CancelScope(deadline=deadline), started_at=now, deadline=deadline
+            job=job, scope=self._scope(deadline=deadline), started_at=now, deadline=deadline
         )
         self.executions[job.id] = execution
         self._handlers_running += 1
