@@ -38,11 +38,12 @@ IDLE_LEAVES = (
 LOOP_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging", ("log_event", "logging/__init__")),
     ("events", ("metrics.py",)),
+    ("join() (the benchmark's waiter)", ("Queue.join",)),
     ("handler-step timing", ("_steps.py",)),
-    ("outcome write submit (settle/ack)", ("Pool._settle", "Slot._settle")),
-    ("executor start", ("Pool._start", "Pool._deliver")),
+    ("outcome write submit (settle/ack)", ("Pool._settle", "settle (persistq_async/_execution")),
+    ("executor start", ("Pool._start",)),
     ("claim loop (claim + wait)", ("Pool._claim_loop", "Pool._wait", "Queue.claim")),
-    ("executor (scopes, bookkeeping)", ("Pool._execute", "Pool._slot", "Pool._run_slot")),
+    ("executor (scopes, bookkeeping)", ("Pool._execute", "Pool._slot")),
     ("writer hand-back on the loop", ("ThreadWriter", "writer.py", "_read_from_self")),
     ("task start/finish (anyio, asyncio)", ("TaskHandle._run_coro", "Task.__step", "_spawn")),
 )
