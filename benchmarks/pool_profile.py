@@ -32,7 +32,6 @@ import argparse
 import cProfile
 import pstats
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -175,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -71,15 +71,16 @@ def main() -> int:
     counts: Counter[str] = Counter()
     with open(sys.argv[1]) as raw:
         for line in raw:
-            stack, _, n = line.rstrip("\n").rpartition(" ")
+            stack, _, count = line.rstrip("\n").rpartition(" ")
             label = classify(stack)
-            if label is not None and n.isdigit():
-                counts[label] += int(n)
+            if label is not None and count.isdigit():
+                counts[label] += int(count)
     loop = sum(n for label, n in counts.items() if not label.startswith("other threads"))
     total = sum(counts.values())
     print(f"{total} samples counted, {loop} on the event loop")
     for label, n in counts.most_common():
-        print(f"  {label:40s} {n:6d}  {n / total:6.1%} of all  {n / max(loop, 1):6.1%} of loop")
+        share = f"{n / max(loop, 1):6.1%} of loop" if not label.startswith("other") else ""
+        print(f"  {label:40s} {n:6d}  {n / total:6.1%} of all  {share}")
     return 0
 
 
