@@ -234,6 +234,8 @@ class Pool:
                     store.remove_cancel_listener(listener)
                     store.wakeups.remove_work_listener(self._work_listener)
         finally:
+            if self._pending:
+                await self._hand_back_pending()
             self._stopped.set()
             log_event(
                 logger, logging.INFO, "pool_stopped", f"pool {self.name} stopped", pool=self.name
@@ -384,6 +386,19 @@ class Pool:
             # it (and hands it back, the pool stopping), never lost in between.
             self._pending.appendleft(handed)
         self._slots -= 1
+
+    async def _hand_back_pending(self) -> None:
+        """The pool's task group was cancelled with deliveries no slot took: hand their leases
+        back (shielded and bounded, like any outcome) rather than leave them to expire."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._outcome_bound()):
+            while self._pending:
+                execution = self._pending.popleft()
+                execution.settling = True
+                execution.reason = StopReason.SHUTDOWN
+                self._handlers_running -= 1
+                await self._settle_logged(execution, None, None)
+                if self.executions.get(execution.job.id) is execution:
+                    del self.executions[execution.job.id]
 
     def _on_cancelled(self, queue: str, job_id: int) -> None:
         if queue == self.queue.name:

@@ -161,3 +161,51 @@ async def test_a_stop_once_the_handler_has_ended_cancels_nothing(
         assert execution.reason is StopReason.CANCELLED  # the first reason is kept
         assert execution.scope.cancel_called
         await jobs[0].ack()
+
+
+@pytest.mark.parametrize(
+    "case", ["to-a-parked-slot", "before-the-slots-ran", "after-the-slots-were-cancelled"]
+)
+async def test_a_delivery_handed_over_as_the_pool_is_cancelled_is_handed_back(
+    backend_url: str, queue_name: str, case: str
+) -> None:
+    # The claim loop hands a delivery over in the same loop iteration as the pool's task
+    # group is cancelled from outside: to a slot parked on its future, to the pending deque
+    # before any slot ran, or to the deque once every parked slot was cancelled (no slot will
+    # ever take it: the pool hands it back as it stops). In each case the lease is handed
+    # back at once, not left to expire.
+    ran: list[int] = []
+
+    async def handler(job: pq.Job) -> None:
+        ran.append(job.id)
+        await anyio.sleep_forever()
+
+    async with open_queue(backend_url, queue_name, lease_seconds=600) as q:
+        job_id = await q.put({"n": 1})
+        pool = Pool(q, handler, name="p", concurrency=2, job_timeout=None, on_crash=no_crash)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                # Claimed before the pool runs, so its own claim loop finds nothing.
+                jobs, _ = await q.claim(1)
+                await tg.start(pool.run, 5.0)
+                if case != "before-the-slots-ran":
+                    await anyio.wait_all_tasks_blocked()  # the slots are parked
+                if case == "after-the-slots-were-cancelled":
+                    tg.cancel_scope.cancel()
+                    pool._start(jobs[0])
+                else:
+                    pool._start(jobs[0])
+                    tg.cancel_scope.cancel()
+        found = await info(q, job_id)
+        assert found.state == pq.JobState.QUEUED, found
+        # (On SQLite the pool's cancelled claim may still commit in the writer and is then
+        # released too: a second released attempt, never a running one.)
+        assert found.history
+        assert {a.outcome for a in found.history} == {"released"}
+        assert ran in ([], [job_id])
+        assert not pool.executions
+        assert pool.active == 0
+
+
+async def no_crash(pool: Pool, exc: BaseException) -> None:
+    raise AssertionError(f"the claim loop crashed: {exc!r}")
