@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,28 @@ def _latency_extra(latencies_ms: list[float]) -> dict[str, float]:
     }
 
 
-def latency_local(durability: str) -> Any:
-    """Put one job at a time on an idle queue; time from before ``put`` to handler entry."""
+def _where(tmp: Path, url: str | None) -> tuple[str, str]:
+    """The database and queue name of a latency measurement: a new SQLite file in ``tmp``, or
+    a fresh queue name in the database at ``url`` (which other measurements may share)."""
+    if url is None:
+        return str(tmp / "persistq.db"), QUEUE
+    return url, f"{QUEUE}_{uuid.uuid4().hex[:10]}"
+
+
+async def _purge(q: pq.Queue, url: str | None) -> None:
+    if url is not None:  # a shared database: leave it as it was
+        await q.purge("done")
+
+
+def latency_local(durability: str, *, url: str | None = None) -> Any:
+    """Put one job at a time on an idle queue; time from before ``put`` to handler entry.
+
+    :param url: a database URL (PostgreSQL); by default a new SQLite file per measurement.
+    """
 
     async def main(tmp: Path, sizes: Sizes) -> Sample:
-        async with pq.Queue(tmp / "persistq.db", name=QUEUE, durability=durability) as q:
+        db, name = _where(tmp, url)
+        async with pq.Queue(db, name=name, durability=durability) as q:
             started: dict[int, float] = {}
             arrived = anyio.Event()
 
@@ -115,6 +133,7 @@ def latency_local(durability: str) -> Any:
                     if i in started:
                         latencies.append((started[i] - before) * 1e3)
                     await anyio.sleep(0.003 + 0.002 * (i % 3))  # idle again, a few ms apart
+            await _purge(q, url)
             if not latencies:
                 raise RuntimeError("no job reached the handler")
             return Sample(len(latencies), time.perf_counter() - began, _latency_extra(latencies))
@@ -122,13 +141,18 @@ def latency_local(durability: str) -> Any:
     return lambda tmp, sizes: anyio.run(main, tmp, sizes)
 
 
-def latency_remote(durability: str) -> Any:
-    """A child process puts jobs stamped with ``time.time()``; this process's pool runs them."""
+def latency_remote(durability: str, *, url: str | None = None) -> Any:
+    """A child process puts jobs stamped with ``time.time()``; this process's pool runs them.
+
+    :param url: a database URL (PostgreSQL: the pool learns of the jobs by ``LISTEN/NOTIFY``);
+        by default a new SQLite file per measurement (the pool sees the child's commits through
+        its change-token poll).
+    """
 
     async def main(tmp: Path, sizes: Sizes) -> Sample:
-        db = tmp / "persistq.db"
+        db, name = _where(tmp, url)
         count = sizes.remote_samples
-        async with pq.Queue(db, name=QUEUE, durability=durability) as q:
+        async with pq.Queue(db, name=name, durability=durability) as q:
             latencies: list[float] = []
             all_in = anyio.Event()
 
@@ -144,8 +168,8 @@ def latency_remote(durability: str) -> Any:
                     [
                         sys.executable,
                         str(HERE / "latency_producer.py"),
-                        str(db),
-                        QUEUE,
+                        db,
+                        name,
                         str(count),
                         durability,
                     ],
@@ -157,6 +181,7 @@ def latency_remote(durability: str) -> Any:
                         await all_in.wait()
                 finally:
                     rc = await child.wait()
+            await _purge(q, url)
             if rc != 0:
                 raise RuntimeError(f"latency_producer.py exited with {rc}")
             if not latencies:

@@ -12,17 +12,72 @@ microsecond on a job path whose every step already costs tens of microseconds.
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
-__all__ = ["TimedSteps"]
+__all__ = ["TimedSteps", "timed_steps"]
 
 T = TypeVar("T")
+S = TypeVar("S")
+
+
+@types.coroutine
+def timed_steps(
+    coro: Coroutine[Any, Any, T],
+    threshold: float,
+    on_slow: Callable[[S, float], None],
+    subject: S,
+) -> Generator[Any, Any, T]:
+    """Await ``coro``, calling ``on_slow(subject, seconds)`` after each step that held the loop
+    longer than ``threshold`` seconds: ``await timed_steps(handler(job), 0.5, report, ...)``.
+
+    A generator-based coroutine rather than an object with ``__await__``: the pool wraps every
+    handler in it, so it costs one generator and no object or closure of its own per delivery.
+    What the coroutine yields goes to the event loop unchanged, what the loop sends or throws
+    (a cancellation included) goes to the coroutine, and closing it closes the coroutine.
+    """
+    clock = time.perf_counter
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        start = clock()
+        try:
+            if error is None:
+                yielded = coro.send(value)
+            else:
+                # Dropped before the step, so the traceback's frames are not kept alive.
+                thrown, error = error, None
+                yielded = coro.throw(thrown)
+        except StopIteration as stop:
+            elapsed = clock() - start
+            if elapsed > threshold:
+                on_slow(subject, elapsed)
+            return stop.value  # type: ignore[no-any-return]
+        except BaseException:
+            elapsed = clock() - start
+            if elapsed > threshold:
+                on_slow(subject, elapsed)
+            raise
+        elapsed = clock() - start
+        if elapsed > threshold:
+            on_slow(subject, elapsed)
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # the loop's throw (cancellation): the coroutine's
+            value, error = None, exc
+
+
+def _call(on_slow: Callable[[float], None], seconds: float) -> None:
+    on_slow(seconds)
 
 
 class TimedSteps(Generic[T]):
     """Await ``coro``, calling ``on_slow(seconds)`` after each step that held the loop longer
-    than ``threshold`` seconds.
+    than ``threshold`` seconds (:func:`timed_steps` as an awaitable object).
 
     The wrapper is transparent: what the coroutine yields goes to the event loop unchanged, what
     the loop sends or throws (a cancellation included) goes to the coroutine, and closing the
@@ -43,37 +98,5 @@ class TimedSteps(Generic[T]):
         self._on_slow = on_slow
 
     def __await__(self) -> Generator[Any, Any, T]:
-        coro = self._coro
-        clock = time.perf_counter
-        threshold = self._threshold
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            start = clock()
-            try:
-                if error is None:
-                    yielded = coro.send(value)
-                else:
-                    # Dropped before the step, so the traceback's frames are not kept alive.
-                    thrown, error = error, None
-                    yielded = coro.throw(thrown)
-            except StopIteration as stop:
-                self._check(clock() - start)
-                return stop.value  # type: ignore[no-any-return]
-            except BaseException:
-                self._check(clock() - start)
-                raise
-            elapsed = clock() - start
-            if elapsed > threshold:
-                self._on_slow(elapsed)
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # the loop's throw (cancellation): the coroutine's
-                value, error = None, exc
-
-    def _check(self, elapsed: float) -> None:
-        if elapsed > self._threshold:
-            self._on_slow(elapsed)
+        # ``yield from``: __await__ must return a plain iterator, not a coroutine.
+        return (yield from timed_steps(self._coro, self._threshold, _call, self._on_slow))

@@ -1,17 +1,24 @@
 """Pool: a claim loop and the executors that run a handler under a concurrency limit.
 
 The claim loop leases only as many jobs as the pool has free slots, in one statement, so no job
-waits leased in a local buffer while another process could run it. Each executor runs one delivery
-in its own cancel scope: the job timeout is that scope's deadline, and cancelling it (timeout,
-``Queue.cancel``, a lost lease, shutdown) leaves the job consistent: nacked, already cancelled,
-refused, or handed back, each write shielded from the cancellation that caused it.
+waits leased in a local buffer while another process could run it. The jobs it leases go to the
+pool's *slots*: long-lived tasks, one per unit of concurrency, each taking one delivery at a
+time from a local hand-off (a parked slot's future, else a short deque), so a delivery costs no
+task of its own. Each delivery runs in its own cancel scope: the job timeout is that scope's
+deadline, and cancelling it (timeout, ``Queue.cancel``, a lost lease, shutdown) leaves the job
+consistent: nacked, already cancelled, refused, or handed back, each write shielded from the
+cancellation that caused it. When nothing cancelled the handler, its outcome is written in that
+same scope, turned shielded and bounded, rather than in two more.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import traceback
+import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,28 +26,30 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._checks import check_float, check_int, check_name
 from ._crash import crash_point
-from ._execution import DeadHook, Execution, StopReason, check_handler, check_on_dead
-from ._steps import TimedSteps
-from ._types import Handler
-from .errors import (
-    JobAlreadyFinished,
-    LeaseLost,
-    PersistQError,
-    Reject,
-    Retry,
-    SerializationError,
-    SupervisorError,
+from ._execution import (
+    ON_DEAD_TIMEOUT,
+    DeadHook,
+    Execution,
+    StopReason,
+    call_on_dead,
+    check_handler,
+    check_on_dead,
+    settle,
 )
-from .job import ResultTooLarge, WriteAbandoned
-from .metrics import EventKind, JobEvent, PoolEvent, hub
+from ._steps import timed_steps
+from ._types import Handler
+from .errors import SupervisorError
+from .metrics import EventKind, PoolEvent, hub
 from .monitoring import log_event
+from .queue import Watch
 
 if TYPE_CHECKING:
     from .job import Job
-    from .queue import Queue, Watch
+    from .queue import Queue
 
 __all__ = [
     "DEFAULT_BLOCK_THRESHOLD",
+    "ON_DEAD_TIMEOUT",
     "DeadHook",
     "Execution",
     "Pool",
@@ -57,9 +66,6 @@ OUTCOME_TIMEOUT = 30.0
 #: Seconds one step of a handler (from one ``await`` to the next) may hold the event loop before
 #: the handler is named as calling blocking code.
 DEFAULT_BLOCK_THRESHOLD = 0.5
-
-#: How long an ``on_dead`` hook may run before it is cancelled (and the failure logged).
-ON_DEAD_TIMEOUT = 30.0
 
 
 class Pool:
@@ -103,13 +109,30 @@ class Pool:
         #: Seconds the handlers' own slow steps held the event loop, in total.
         self.blocked_seconds: float = 0.0
         self.executions: dict[int, Execution] = {}
-        # Handlers running now; an execution recording its outcome no longer holds a slot, so
-        # the refill claim can share a transaction with the acks that freed the slots.
+        # Handlers running now (deliveries handed to the slots included); an execution
+        # recording its outcome no longer holds a slot, so the refill claim can share a
+        # transaction with the acks that freed the slots.
         self._handlers_running = 0
-        self._limiter = anyio.CapacityLimiter(self._concurrency)
-        self._slot_freed = anyio.Event()
+        # Deliveries claimed while no slot was parked (every slot was still recording the
+        # outcome of its last one); the next slot to come free takes the oldest.
+        self._pending: deque[Execution] = deque()
+        # The futures of the slots waiting for a delivery, the last parked on top.
+        self._parked: list[asyncio.Future[Execution | None]] = []
+        # Slot tasks alive (started, not yet returned); more than ``concurrency`` only while
+        # a smaller limit waits for busy slots to finish their delivery.
+        self._slots = 0
+        # Slots return once nothing is pending: set when the pool has drained.
+        self._closing = False
+        # Set when a slot frees up, and by work notifications of the queue: the claim loop
+        # waits on this one event rather than on one task per thing it waits for.
+        self._wakeup = anyio.Event()
+        self._work_listener = self._on_work
         self._idle = anyio.Event()
         self._idle.set()
+        # anyio's clock and cancel scopes; once running, the event loop's own clock and the
+        # running backend's scope class, looked up once rather than on every delivery.
+        self._time: Callable[[], float] = anyio.current_time
+        self._scope: Callable[..., anyio.CancelScope] = anyio.CancelScope
         self._claim_scope = anyio.CancelScope()
         self._stopping = False
         self._stopped = anyio.Event()
@@ -142,7 +165,11 @@ class Pool:
     def resize(self, concurrency: int) -> None:
         """Change the limit; running handlers are never cancelled by a smaller one."""
         self._concurrency = check_int("concurrency", concurrency, minimum=1)
-        self._limiter.total_tokens = concurrency
+        if self._tg is not None and not self._closing:
+            self._add_slots()
+            # Parked slots beyond the new limit return now; busy ones after their delivery.
+            while self._slots > self._concurrency and self._parked:
+                self._retire(self._parked.pop())
         self._wake_claimer()
         log_event(
             logger,
@@ -157,8 +184,18 @@ class Pool:
         return max(0, self._concurrency - self._handlers_running)
 
     def _wake_claimer(self) -> None:
-        self._slot_freed.set()
-        self._slot_freed = anyio.Event()
+        self._wakeup.set()
+
+    def _arm(self) -> anyio.Event:
+        """The claim loop's wake-up event, fresh unless unset; armed before each look at the
+        queue, so whatever happens after the look sets it."""
+        if self._wakeup.is_set():
+            self._wakeup = anyio.Event()
+        return self._wakeup
+
+    def _on_work(self, queue: str) -> None:
+        if queue == self.queue.name or queue == "*":
+            self._wakeup.set()
 
     # ------------------------------------------------------------------ running
 
@@ -169,10 +206,13 @@ class Pool:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self._time = asyncio.get_running_loop().time
+                self._scope = type(anyio.CancelScope())
                 self._grace = grace
                 listener = self._on_cancelled
                 store = self.queue.store
                 store.add_cancel_listener(listener)
+                store.wakeups.add_work_listener(self._work_listener)
                 try:
                     log_event(
                         logger,
@@ -183,6 +223,7 @@ class Pool:
                     )
                     if hub.observed:
                         self.emit(EventKind.POOL_STARTED)
+                    self._add_slots()
                     task_status.started()
                     with self._claim_scope:
                         await self._claim_forever()
@@ -191,7 +232,10 @@ class Pool:
                     # The store itself: the queue may have been closed first (a Queue
                     # entered after, so left before, the Supervisor).
                     store.remove_cancel_listener(listener)
+                    store.wakeups.remove_work_listener(self._work_listener)
         finally:
+            if self._pending:
+                await self._hand_back_pending()
             self._stopped.set()
             log_event(
                 logger, logging.INFO, "pool_stopped", f"pool {self.name} stopped", pool=self.name
@@ -234,6 +278,11 @@ class Pool:
         with anyio.move_on_after(grace):
             await self._idle.wait()
         self.cancel_running()
+        # The slots finish what they hold (deliveries not started yet are handed back, being
+        # stopped), then return; the parked ones return now.
+        self._closing = True
+        while self._parked:
+            self._retire(self._parked.pop())
 
     async def _claim_forever(self) -> None:
         while not self._stopping:
@@ -252,47 +301,104 @@ class Pool:
 
     async def _claim_loop(self) -> None:
         queue = self.queue
+        store = queue.store
         while True:
+            # Armed before the look: a slot freed or work notified after it wakes the wait.
+            wakeup = self._arm()
             free = self._free_slots()
             if free == 0:
-                await self._slot_freed.wait()
+                await wakeup.wait()
                 continue
-            watch = queue.watch(work=True)
+            token = store.known_change_token()
             jobs, next_due_at = await queue.claim(free)
             for job in jobs:
                 self._start(job)
             if len(jobs) == free:
                 continue
-            await self._wait(bool(jobs), watch, next_due_at)
-
-    async def _wait(self, running: bool, watch: Watch, next_due_at: float | None) -> None:
-        """Until new work may be claimable, or (when handlers run) until a slot frees up."""
-        slot_freed = self._slot_freed
-        async with anyio.create_task_group() as waiters:
-
-            async def slot_wait() -> None:
-                await slot_freed.wait()
-                waiters.cancel_scope.cancel()
-
-            async def work_wait() -> None:
-                await self.queue.wait(watch, next_due_at=next_due_at)
-                waiters.cancel_scope.cancel()
-
-            if running:
-                waiters.start_soon(slot_wait)
-            waiters.start_soon(work_wait)
+            # Until new work may be claimable, a slot frees up, or another process committed.
+            await queue.wait(Watch(event=wakeup, token=token), next_due_at=next_due_at)
 
     def _start(self, job: Job) -> None:
-        assert self._tg is not None
-        now = anyio.current_time()
-        deadline = now + self.job_timeout if self.job_timeout is not None else float("inf")
+        now = self._time()
+        timeout = self.job_timeout
+        deadline = math.inf if timeout is None else now + timeout
         execution = Execution(
-            job=job, scope=anyio.CancelScope(deadline=deadline), started_at=now, deadline=deadline
+            job=job, scope=self._scope(deadline=deadline), started_at=now, deadline=deadline
         )
         self.executions[job.id] = execution
         self._handlers_running += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
-        self._tg.start_soon(self._execute, execution, name=f"persistq job {job.id}")
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        parked = self._parked
+        while parked:
+            slot = parked.pop()
+            if not slot.done():  # a cancelled slot may not have unparked itself yet
+                slot.set_result(execution)
+                return
+        self._pending.append(execution)
+
+    # ------------------------------------------------------------------ slots
+
+    def _add_slots(self) -> None:
+        """Start slot tasks up to ``concurrency``."""
+        assert self._tg is not None
+        while self._slots < self._concurrency:
+            self._slots += 1
+            self._tg.start_soon(self._slot, name=f"persistq pool {self.name} slot")
+
+    def _retire(self, parked: asyncio.Future[Execution | None]) -> None:
+        if not parked.done():
+            parked.set_result(None)
+            self._slots -= 1
+
+    async def _slot(self) -> None:
+        """One slot: run deliveries one after the other until retired or cancelled."""
+        loop = asyncio.get_running_loop()
+        pending = self._pending
+        while True:
+            if pending:
+                execution = pending.popleft()
+            elif self._closing or self._slots > self._concurrency:
+                self._slots -= 1
+                return
+            else:
+                parked: asyncio.Future[Execution | None] = loop.create_future()
+                self._parked.append(parked)
+                try:
+                    handed = await parked
+                except BaseException:
+                    self._unpark(parked)
+                    raise
+                if handed is None:  # retired (and counted) by _retire
+                    return
+                execution = handed
+            await self._execute(execution)
+
+    def _unpark(self, parked: asyncio.Future[Execution | None]) -> None:
+        """A parked slot is being cancelled (its task group is going down)."""
+        if parked in self._parked:
+            self._parked.remove(parked)
+        elif parked.done() and not parked.cancelled():
+            handed = parked.result()
+            if handed is None:
+                return  # retired in the same loop iteration: _retire counted it
+            # Handed over in the same loop iteration as the cancellation: the next slot takes
+            # it (and hands it back, the pool stopping), never lost in between.
+            self._pending.appendleft(handed)
+        self._slots -= 1
+
+    async def _hand_back_pending(self) -> None:
+        """The pool's task group was cancelled with deliveries no slot took: hand their leases
+        back (shielded and bounded, like any outcome) rather than leave them to expire."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._outcome_bound()):
+            while self._pending:
+                execution = self._pending.popleft()
+                execution.settling = True
+                execution.reason = StopReason.SHUTDOWN
+                self._handlers_running -= 1
+                await self._settle_logged(execution, None, None)
+                if self.executions.get(execution.job.id) is execution:
+                    del self.executions[execution.job.id]
 
     def _on_cancelled(self, queue: str, job_id: int) -> None:
         if queue == self.queue.name:
@@ -302,65 +408,102 @@ class Pool:
 
     async def _execute(self, execution: Execution) -> None:
         job = execution.job
+        scope = execution.scope
         error: BaseException | None = None
         result: Any = None
         returned = False
+        settled = False
+        death: tuple[str | None] | None = None
         try:
-            with execution.scope:
-                crash_point("mid-handler")
-                running: Awaitable[Any] = self.handler(job)
-                if isinstance(running, Coroutine):  # always, for an async def handler
-                    running = TimedSteps(
-                        running,
-                        threshold=self.block_threshold,
-                        on_slow=lambda seconds: self._blocked(execution, seconds),
-                    )
-                if hub.traced:
-                    with hub.process_spans(job, self.name):
-                        result = await running
-                else:
-                    result = await running
-                returned = True
-        except Exception as exc:
-            error = exc
-        finally:
-            execution.settling = True
-            self._handlers_running -= 1
-            self._wake_claimer()
-            if (
-                not returned
-                and error is None
-                and execution.reason is None
-                and not execution.scope.cancelled_caught
-            ):
-                # Cancelled from outside (the supervisor's task group is going down): the
-                # handler did not finish, so hand the lease back rather than ack it.
-                execution.reason = StopReason.SHUTDOWN
-            # Shielded and bounded: the outcome must be recorded even when the pool is being
-            # cancelled, and must not hold shutdown hostage if the database is gone.
-            death: tuple[str | None] | None = None
-            # The bound also covers retries of a write that fails on a transient error, which
-            # go on while the lease lasts.
-            bound = OUTCOME_TIMEOUT + self.queue.options.lease_seconds
-            with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+            with scope:
                 try:
-                    death = await self._settle(execution, result, error)
-                except Exception:  # an executor must never take its pool down
-                    logger.exception(
-                        "job %d: recording the outcome failed",
-                        job.id,
-                        extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
-                    )
+                    crash_point("mid-handler")
+                    running: Awaitable[Any] = self.handler(job)
+                    # Always a coroutine for an async def handler (the exact type test first:
+                    # the ABC's isinstance costs more than the rest of this line).
+                    if type(running) is CoroutineType or isinstance(running, Coroutine):
+                        running = timed_steps(
+                            running, self.block_threshold, self._blocked, execution
+                        )
+                    if hub.traced:
+                        with hub.process_spans(job, self.name):
+                            result = await running
+                    else:
+                        result = await running
+                    returned = True
+                except Exception as exc:
+                    error = exc
+                if not scope.cancel_called:
+                    # The handler ended by itself and nothing stopped it: record the outcome
+                    # in this same scope, now shielded and bounded (the slow path below takes
+                    # a scope of its own for that).
+                    self._handler_done(execution)
+                    scope.shield = True
+                    scope.deadline = self._time() + self._outcome_bound()
+                    settled = True
+                    death = await self._settle_logged(execution, result, error)
+        finally:
+            if not settled:
+                self._handler_done(execution)
+                if (
+                    not returned
+                    and error is None
+                    and execution.reason is None
+                    and not scope.cancelled_caught
+                ):
+                    # Cancelled from outside (the supervisor's task group is going down): the
+                    # handler did not finish, so hand the lease back rather than ack it.
+                    execution.reason = StopReason.SHUTDOWN
+                # Shielded and bounded: the outcome must be recorded even when the pool is
+                # being cancelled, and must not hold shutdown hostage if the database is gone.
+                with self._scope(shield=True, deadline=self._time() + self._outcome_bound()):
+                    death = await self._settle_logged(execution, result, error)
             if death is not None and self.on_dead is not None:
-                await self._call_on_dead(job, death[0])
+                await call_on_dead(self.on_dead, job, death[0], pool=self.name)
             # A job nacked for now (or, once its lease ran out, the job of a handler that
             # ignored its cancellation) can be delivered to this pool again while this
             # delivery is still ending: the entry is then the newer delivery's.
-            if self.executions.get(job.id) is execution:
-                del self.executions[job.id]
+            executions = self.executions
+            if executions.get(job.id) is execution:
+                del executions[job.id]
             self.processed += 1
-            if not self.executions:
+            if not executions:
                 self._idle.set()
+
+    def _outcome_bound(self) -> float:
+        # The bound also covers retries of a write that fails on a transient error, which go
+        # on while the lease lasts.
+        return OUTCOME_TIMEOUT + self.queue.options.lease_seconds
+
+    def _handler_done(self, execution: Execution) -> None:
+        """The handler has ended: its slot counts as free for the next claim."""
+        execution.settling = True
+        self._handlers_running -= 1
+        self._wakeup.set()
+
+    async def _settle_logged(
+        self, execution: Execution, result: Any, error: BaseException | None
+    ) -> tuple[str | None] | None:
+        try:
+            settled = await settle(
+                execution,
+                result,
+                error,
+                pool=self.name,
+                job_timeout=self.job_timeout,
+                elapsed=self._time() - execution.started_at,
+            )
+        except Exception:  # an executor must never take its pool down
+            job = execution.job
+            logger.exception(
+                "job %d: recording the outcome failed",
+                job.id,
+                extra={"action": "outcome_failed", "job_id": job.id, "queue": job.queue},
+            )
+            return None
+        if settled.failed:
+            self.failed += 1
+        return settled.death
 
     def _blocked(self, execution: Execution, seconds: float) -> None:
         """One step of this execution's handler held the event loop for ``seconds``."""
@@ -380,170 +523,3 @@ class Pool:
                 pool=self.name,
                 blocked_seconds=round(seconds, 3),
             )
-
-    async def _call_on_dead(self, job: Job, error: str | None) -> None:
-        """The hook runs after the death committed: whatever it does, the job is kept."""
-        assert self.on_dead is not None
-        with anyio.move_on_after(ON_DEAD_TIMEOUT) as scope:
-            try:
-                await self.on_dead(job, error)
-            except Exception as exc:
-                log_event(
-                    logger,
-                    logging.ERROR,
-                    "on_dead_failed",
-                    f"job {job.id}: the on_dead hook failed: {type(exc).__name__}: {exc}",
-                    job_id=job.id,
-                    queue=job.queue,
-                    pool=self.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-        if scope.cancelled_caught:
-            log_event(
-                logger,
-                logging.ERROR,
-                "on_dead_failed",
-                f"job {job.id}: the on_dead hook ran past {ON_DEAD_TIMEOUT}s and was cancelled",
-                job_id=job.id,
-                queue=job.queue,
-                pool=self.name,
-            )
-
-    async def _settle(
-        self, execution: Execution, result: Any, error: BaseException | None
-    ) -> tuple[str | None] | None:
-        """Record the delivery's outcome; ``(last error,)`` when that made the job dead."""
-        job = execution.job
-        spent = job.attempts >= job.max_attempts  # a nack now makes the job dead
-        death: tuple[str | None] | None = None
-        elapsed = anyio.current_time() - execution.started_at
-        reason = execution.reason
-        if reason is None and execution.scope.cancelled_caught:
-            reason = StopReason.TIMEOUT
-        fields = {"job_id": job.id, "queue": job.queue, "pool": self.name, "attempts": job.attempts}
-        try:
-            if job.finished:
-                return None  # the handler acked, nacked or failed it itself
-            if reason is StopReason.TIMEOUT:
-                self.failed += 1
-                message = f"timeout: the handler ran longer than job_timeout={self.job_timeout}s"
-                if hub.observed:
-                    hub.emit(
-                        JobEvent(
-                            kind=EventKind.JOB_TIMEOUT,
-                            queue=job.queue,
-                            job_id=job.id,
-                            attempts=job.attempts,
-                            pool=self.name,
-                            run_seconds=elapsed,
-                            error=message,
-                        )
-                    )
-                await job.nack(error=message)
-                log_event(
-                    logger, logging.WARNING, "job_timeout", f"job {job.id} timed out", **fields
-                )
-                death = (message,) if spent else None
-            elif reason in (StopReason.CANCELLED, StopReason.LEASE_LOST):
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_stopped",
-                    f"job {job.id} stopped: {reason.value}",
-                    **fields,
-                )
-            elif reason is StopReason.SHUTDOWN:
-                await job.release()
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_released",
-                    f"job {job.id} released at shutdown",
-                    **fields,
-                )
-            elif isinstance(error, Retry):
-                message = "retry requested by the handler"
-                await job.nack(delay=error.delay, error=message)
-                log_event(
-                    logger, logging.INFO, "job_nacked", f"job {job.id} retry requested", **fields
-                )
-                death = (message,) if spent else None
-            elif isinstance(error, Reject):
-                self.failed += 1
-                message = f"rejected: {error.reason}"
-                await job.fail(error=message)
-                log_event(logger, logging.INFO, "job_failed", f"job {job.id} rejected", **fields)
-                death = (message,)
-            elif error is not None:
-                self.failed += 1
-                text = "".join(traceback.format_exception(error))
-                await job.nack(error=text)
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "job_nacked",
-                    f"job {job.id} failed in {elapsed:.3f}s: {type(error).__name__}: {error}",
-                    error=f"{type(error).__name__}: {error}",
-                    **fields,
-                )
-                death = (text,) if spent else None
-            else:
-                try:
-                    await job.ack(result)
-                except ResultTooLarge as exc:
-                    # The same handler would return the same again: dead now, not retried.
-                    self.failed += 1
-                    await job.fail(error=str(exc))
-                    log_event(
-                        logger,
-                        logging.WARNING,
-                        "result_unstorable",
-                        f"job {job.id}: {exc}",
-                        **fields,
-                    )
-                    death = (str(exc),)
-                except SerializationError as exc:
-                    self.failed += 1
-                    message = f"the handler's result cannot be stored: {exc}"
-                    await job.nack(error=message)
-                    log_event(
-                        logger, logging.WARNING, "job_nacked", f"job {job.id}: {exc}", **fields
-                    )
-                    death = (message,) if spent else None
-                else:
-                    log_event(
-                        logger,
-                        logging.INFO,
-                        "job_acked",
-                        f"job {job.id} done in {elapsed:.3f}s",
-                        **fields,
-                    )
-        except (LeaseLost, JobAlreadyFinished) as exc:
-            log_event(
-                logger,
-                logging.WARNING,
-                "outcome_refused",
-                f"job {job.id}: outcome not applied: {exc}",
-                **fields,
-            )
-        except SerializationError as exc:
-            log_event(
-                logger,
-                logging.WARNING,
-                "result_unstorable",
-                f"job {job.id}: {exc}",
-                **fields,
-            )
-        except WriteAbandoned:
-            pass  # retried until the lease ran out, and logged as write_abandoned
-        except PersistQError as exc:
-            # The database failed or the queue closed: the lease will expire and the job be
-            # rescued, so nothing is lost; say so rather than crash the pool.
-            log_event(
-                logger,
-                logging.ERROR,
-                "outcome_failed",
-                f"job {job.id}: recording the outcome failed ({exc}); the lease will expire",
-                **fields,
-            )
-        return death

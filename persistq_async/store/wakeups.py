@@ -27,6 +27,9 @@ CancelListener = Callable[[str, int], None]
 ChangeListener = Callable[[str], None]
 
 _registry: weakref.WeakSet[Wakeups] = weakref.WeakSet()
+# Bumped whenever a store registers or unregisters: each store keeps its list of peers until
+# then, rather than walking the registry on every commit (every ack notifies).
+_generation = 0
 
 
 class Wakeups:
@@ -44,26 +47,41 @@ class Wakeups:
         self._change_events: dict[str, anyio.Event] = {}
         self._cancel_listeners: list[CancelListener] = []
         self._change_listeners: list[ChangeListener] = []
+        self._work_listeners: list[ChangeListener] = []
         self._schedules_event: anyio.Event | None = None
         self._watch_conn: AsyncConnection | None = None
         self._watch_lock = anyio.Lock()
         self._watch_value = 0
         self._watch_checked = -math.inf
+        self._peer_refs: tuple[weakref.ref[Wakeups], ...] = ()
+        self._peers_generation = -1
 
     def register(self, watch_conn: AsyncConnection | None) -> None:
         """Start receiving wake-ups of this process's stores on the same database."""
+        global _generation
         self._loop = asyncio.get_running_loop()
         self._watch_conn = watch_conn
         _registry.add(self)
+        _generation += 1
 
     def unregister(self) -> AsyncConnection | None:
         """Stop receiving wake-ups; returns the watch connection for the caller to close."""
+        global _generation
         _registry.discard(self)
+        _generation += 1
         conn, self._watch_conn = self._watch_conn, None
         return conn
 
     def _peers(self) -> list[Wakeups]:
-        return [w for w in list(_registry) if w._where == self._where and w._loop is self._loop]
+        if self._peers_generation != _generation:
+            # Weak references: a store dropped without being closed is not kept alive here.
+            self._peer_refs = tuple(
+                weakref.ref(w)
+                for w in list(_registry)
+                if w._where == self._where and w._loop is self._loop
+            )
+            self._peers_generation = _generation
+        return [peer for ref in self._peer_refs if (peer := ref()) is not None]
 
     def work_event(self, queue: str) -> anyio.Event:
         """An event set when jobs of ``queue`` may have become claimable in this process."""
@@ -87,16 +105,24 @@ class Wakeups:
                 event = peer._work_events.pop(queue, None)
                 if event is not None:
                     event.set()
+                if peer._work_listeners:
+                    for listener in list(peer._work_listeners):
+                        listener(queue)
             event = peer._change_events.pop(queue, None)
             if event is not None:
                 event.set()
-            for listener in list(peer._change_listeners):
-                listener(queue)
+            if peer._change_listeners:
+                for listener in list(peer._change_listeners):
+                    listener(queue)
 
     def notify_all_work(self) -> None:
-        """Wake the work waiters of every queue this store has waiters for."""
+        """Wake the work waiters of every queue this store has waiters for, and every work
+        listener of this process on this database with ``"*"`` (any queue)."""
         for queue in list(self._work_events):
             self.notify(queue, work=True)
+        for peer in self._peers():
+            for listener in list(peer._work_listeners):
+                listener("*")
 
     def schedules_event(self) -> anyio.Event:
         """An event set when this process saved, paused or resumed a schedule (the scheduler
@@ -121,6 +147,17 @@ class Wakeups:
         """Undo :meth:`add_change_listener`."""
         if listener in self._change_listeners:
             self._change_listeners.remove(listener)
+
+    def add_work_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(queue)`` whenever :meth:`notify` wakes the work waiters of a queue,
+        and ``listener("*")`` on :meth:`notify_all_work` (a pool's claim loop waits on one
+        event of its own, set by this and by its slots coming free)."""
+        self._work_listeners.append(listener)
+
+    def remove_work_listener(self, listener: ChangeListener) -> None:
+        """Undo :meth:`add_work_listener`."""
+        if listener in self._work_listeners:
+            self._work_listeners.remove(listener)
 
     def add_cancel_listener(self, listener: CancelListener) -> None:
         """Call ``listener(queue, job_id)`` when this process cancels a job."""
