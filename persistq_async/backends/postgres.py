@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-from sqlalchemy import Select, bindparam, func, insert, text
+from sqlalchemy import Select, bindparam, event, func, insert, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..schema import DEDUPE, jobs, queue_settings
+from .._types import JobState
+from ..schema import DEDUPE, attempts, jobs, queue_settings
 from .base import Backend, error_chain
 from .prepared import Prepared
 
@@ -80,6 +81,53 @@ _INSERT_ONE = Prepared(
 )
 
 
+# The hot writes as driver-level statements (see PostgresBackend.native_writes), their SQL
+# written once from the schema's own names. Each is one statement in autocommit: atomic alone.
+_J, _A = jobs.name, attempts.name
+_NATIVE_COLUMNS = tuple(c.key for c in jobs.c if c.key in _PUT_COLUMNS)
+_PG_TYPE = {"queue": "text", "state": "text", "payload": "bytea", "priority": "int4"}
+_PG_TYPE |= {"attempts": "int4", "max_attempts": "int4", "run_at": "float8"}
+_PG_TYPE |= {"enqueued_at": "float8", "created_at": "float8", "dedupe_key": "text"}
+_PG_TYPE |= {"tags": "text", "headers": "text"}
+_COLUMN_LIST = ", ".join(_NATIVE_COLUMNS)
+#: One row: its id, and the notification at commit.
+NATIVE_INSERT_ONE = (
+    f"INSERT INTO {_J} ({_COLUMN_LIST}) "
+    f"VALUES ({', '.join(f'${i + 1}::{_PG_TYPE[c]}' for i, c in enumerate(_NATIVE_COLUMNS))}) "
+    f"RETURNING id, pg_notify('{CHANNEL}', queue)"
+)
+#: Many rows from one array per column, inserted in the arrays' order (so their ids, drawn from
+#: the sequence row by row, ascend in that order), and one notification per queue.
+NATIVE_INSERT_MANY = (
+    f"WITH ins AS (INSERT INTO {_J} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM unnest("
+    + ", ".join(f"${i + 1}::{_PG_TYPE[c]}[]" for i, c in enumerate(_NATIVE_COLUMNS))
+    + f") WITH ORDINALITY AS r({_COLUMN_LIST}, ord) ORDER BY ord RETURNING id, queue) "
+    f"SELECT array_agg(id ORDER BY id), (SELECT count(pg_notify('{CHANNEL}', q)) "
+    "FROM (SELECT DISTINCT queue AS q FROM ins) AS d) FROM ins"
+)
+#: Acks fenced by their lease tokens, with their attempt rows; the rows applied.
+NATIVE_ACK = (
+    f"WITH acked AS (UPDATE {_J} AS j SET state = '{JobState.DONE.value}', result = u.result, "
+    "finished_at = $4, lease_token = NULL, lease_expires_at = NULL "
+    "FROM unnest($1::int8[], $2::text[], $3::bytea[]) AS u(id, token, result) "
+    f"WHERE j.id = u.id AND j.lease_token = u.token AND j.state = '{JobState.RUNNING.value}' "
+    "RETURNING j.id, j.queue, j.attempts, j.started_at, j.run_at, u.token), "
+    f"att AS (INSERT INTO {_A} (job_id, attempt, lease_token, started_at, finished_at, outcome, "
+    "error, ready_at) SELECT id, attempts, token, coalesce(started_at, $4), $4, 'acked', NULL, "
+    "run_at FROM acked) SELECT id, queue FROM acked"
+)
+
+
+def _reject_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout: a connection the server closed (a restart) is replaced, without the round
+    trip of a pre-ping. asyncpg sees the server's goodbye on the idle socket, so this catches
+    what a restart leaves in the pool; a connection lost later fails its statement, which the
+    writes' transient-error retries get past."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the connection was closed by the server")
+
+
 class PostgresBackend(Backend):
     """A PostgreSQL server shared by many worker processes and machines."""
 
@@ -95,8 +143,11 @@ class PostgresBackend(Backend):
         self._closing = False
 
     def create_engine(self) -> AsyncEngine:
-        """A small pool; ``pool_pre_ping`` replaces connections lost in a server restart."""
-        return create_async_engine(self.url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        """A small pool; connections the server closed are replaced at checkout (no pre-ping:
+        it cost a ``BEGIN; ROLLBACK`` round trip on every write)."""
+        engine = create_async_engine(self.url, pool_size=4, max_overflow=4)
+        event.listen(engine.sync_engine, "checkout", _reject_closed)
+        return engine
 
     async def prepare(self) -> None:
         """Nothing to check before connecting (without ``create``, the schema check refuses a
@@ -285,3 +336,33 @@ class PostgresBackend(Backend):
         )
         job_id = conn.execute(stmt).scalar_one_or_none()
         return None if job_id is None else int(job_id)
+
+    def native_writes(self) -> bool:
+        """Puts and acks run as asyncpg prepared statements (asyncpg prepares each text once
+        per connection), one statement each batch, in autocommit."""
+        return True
+
+    async def native_insert_jobs(self, driver: Any, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """One row: ``INSERT ... RETURNING id, pg_notify(...)``. Several: one ``INSERT ...
+        SELECT FROM unnest(...)`` and one notification per queue."""
+        if len(rows) == 1:
+            row = rows[0]
+            found = await driver.fetchrow(NATIVE_INSERT_ONE, *[row[c] for c in _NATIVE_COLUMNS])
+            return [int(found[0])]
+        columns = [[row[c] for row in rows] for c in _NATIVE_COLUMNS]
+        found = await driver.fetchrow(NATIVE_INSERT_MANY, *columns)
+        ids = [int(i) for i in found[0]]
+        if len(ids) != len(rows):  # cannot happen: the statement inserts every row or fails
+            raise RuntimeError(f"{len(ids)} ids for {len(rows)} rows")
+        return ids
+
+    async def native_ack(
+        self, driver: Any, acks: Sequence[tuple[int, str, bytes | None]], now: float
+    ) -> dict[int, str]:
+        """``UPDATE ... FROM unnest(...)`` fenced by the tokens, and the attempt rows of the
+        deliveries it applied, in one statement."""
+        ids = [a[0] for a in acks]
+        tokens = [a[1] for a in acks]
+        results = [a[2] for a in acks]
+        rows = await driver.fetch(NATIVE_ACK, ids, tokens, results, now)
+        return {int(r[0]): str(r[1]) for r in rows}

@@ -32,7 +32,8 @@ from .records import AttemptRecord, ClaimResult, JobRecord, NewJob, Rescued
 from .schema_setup import create_schema
 from .statements import CLEAN_CHUNK, EXPIRED_ERROR, claim_statement
 from .wakeups import CancelListener, ChangeListener, Wakeups
-from .writer import DirectWriter, Op, ThreadWriter, Writer
+from .direct import DirectWriter
+from .writer import Op, ThreadWriter, Writer
 
 __all__ = ["JobStore"]
 
@@ -105,7 +106,12 @@ class JobStore(StoreOperations):
         if write_engine is None:
             async with engine.connect() as conn:
                 await conn.run_sync(setup)
-            return DirectWriter(engine, where=self.where, is_busy=self.backend.is_busy)
+            return DirectWriter(
+                engine,
+                where=self.where,
+                is_busy=self.backend.is_busy,
+                native=self.backend.native_writes(),
+            )
         writer = ThreadWriter(
             write_engine.connect,
             where=self.where,

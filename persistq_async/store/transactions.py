@@ -153,6 +153,24 @@ class PutOp(BulkOp[list[int]]):
             start += len(op.new)
         return True
 
+    @classmethod
+    async def run_native(cls, driver: Any, ops: list[PutOp]) -> list[PutOp] | None:
+        """Every row of the group as one native ``INSERT`` (PostgreSQL); a failing statement
+        wrote nothing, and its error is every put's (as a lone put's would be)."""
+        ctx = ops[0].ctx
+        if not ctx.backend.native_writes():
+            return None
+        now = ctx.clock()
+        rows = [_job_row(op.queue, job, now) for op in ops for job in op.new]
+        if len(rows) > max(ctx.backend.grouped_put_rows(), 1):
+            return None
+        ids = await ctx.backend.native_insert_jobs(driver, rows)
+        start = 0
+        for op in ops:
+            op.result = ids[start : start + len(op.new)]
+            start += len(op.new)
+        return []
+
 
 # ---------------------------------------------------------------------- claims
 
@@ -402,6 +420,26 @@ class AckOp(BulkOp[str | None]):
         for op in ops:
             op.result = op.delivery.queue
         return True
+
+    @classmethod
+    async def run_native(cls, driver: Any, ops: list[AckOp]) -> list[AckOp] | None:
+        """One native statement for the group (PostgreSQL); the acks it did not apply (lease
+        lost, or applied before) are left to the usual path, which tells why."""
+        ctx = ops[0].ctx
+        if not ctx.backend.native_writes():
+            return None
+        ids = [op.delivery.job_id for op in ops]
+        if len(set(ids)) != len(ids):
+            return ops  # the same job twice: the second must report the first's outcome
+        acks = [(op.delivery.job_id, op.delivery.token, op.result_data) for op in ops]
+        applied = await ctx.backend.native_ack(driver, acks, ctx.clock())
+        left = []
+        for op in ops:
+            if op.delivery.job_id in applied:
+                op.result = op.delivery.queue
+            else:
+                left.append(op)
+        return left
 
 
 def nack(

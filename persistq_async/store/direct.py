@@ -1,0 +1,186 @@
+"""The PostgreSQL writer: writes on pooled connections in the callers' tasks, batched by a leader.
+
+The server takes concurrent writers itself, so there is no writer thread: the first caller to
+find no batch running becomes the leader and runs what is pending. Bulk ops (puts, acks) whose
+backend has a native form (:meth:`.Backend.native_writes`) run first as one driver-level
+statement per kind in autocommit (no ``BEGIN``/``COMMIT`` round trips, no SQLAlchemy execution
+or greenlet hop around them); the rest run as before, in one transaction through SQLAlchemy, a
+lone single-statement op in autocommit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from sqlalchemy.exc import DBAPIError
+
+from ..errors import DatabaseError, QueueClosed
+from .dberror import wrap_db_error
+from .writer import MAX_BATCH, BulkOp, Op, Writer, run_alone, run_batch
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+__all__ = ["DirectWriter"]
+
+T = TypeVar("T")
+
+
+class DirectWriter(Writer):
+    """Writes on a pooled connection in the callers' tasks, batched by a leader.
+
+    The first caller to find no batch running becomes the leader: it runs every pending
+    operation, then the ones that arrived meanwhile, until its own is done. The others wait for
+    their operation, or for the leader to go (say it was cancelled by asyncio's own
+    ``Task.cancel``, which pierces anyio's shield), and then lead themselves.
+
+    :param native: run bulk ops' native form (:meth:`.BulkOp.run_native`) first.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        where: str,
+        is_busy: Callable[[BaseException], bool],
+        native: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._where = where
+        self._is_busy = is_busy
+        self._native = native
+        self._pending: deque[Op[Any]] = deque()
+        self._leading = False
+        # Set (and replaced) when ops finished or the leader left: what waiters wait for. One
+        # event for all of them costs a wake-up each, where a task group per waiter watching
+        # its op and the leader cost two tasks and a cancel scope each.
+        self._turn = anyio.Event()
+        self._closing = False
+
+    def _wake(self) -> None:
+        self._turn.set()
+        self._turn = anyio.Event()
+
+    async def _run_native(self, conn: AsyncConnection, batch: list[Op[Any]]) -> list[Op[Any]]:
+        """Run the batch's bulk ops in their native form, one statement per class, and finish
+        the ops applied; return the ops left to run the usual way."""
+        groups: dict[type[BulkOp[Any]], list[BulkOp[Any]]] = {}
+        rest: list[Op[Any]] = []
+        for op in batch:
+            if isinstance(op, BulkOp):
+                groups.setdefault(type(op), []).append(op)
+            else:
+                rest.append(op)
+        if not groups:
+            return batch
+        for kind, group in groups.items():
+            # Asked again for each group: after an invalidation the pool connects anew.
+            driver = (await conn.get_raw_connection()).driver_connection
+            try:
+                left = await kind.run_native(driver, group)
+            except Exception as exc:  # the driver's own errors, not SQLAlchemy's
+                error = wrap_db_error(exc, "writing", self._where)
+                for op in group:
+                    op.result, op.error = None, error
+                    op.finish()
+                if driver is None or driver.is_closed():
+                    await conn.invalidate(exc)  # the pool replaces the connection
+                continue
+            if left is None:
+                rest.extend(group)
+                continue
+            for op in group:
+                if op not in left:
+                    op.finish()
+            rest.extend(left)
+        self._wake()
+        return rest
+
+    async def _execute(self, batch: list[Op[Any]]) -> None:
+        try:
+            async with self._engine.connect() as conn:
+                rest = await self._run_native(conn, batch) if self._native else batch
+                if len(rest) == 1 and rest[0].single_statement:
+                    # One statement is atomic by itself: in autocommit it is one round trip,
+                    # where BEGIN and COMMIT around it would be three.
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    await conn.run_sync(
+                        lambda sync_conn: run_alone(sync_conn, rest[0], where=self._where)
+                    )
+                elif rest:
+                    await conn.run_sync(
+                        lambda sync_conn: run_batch(
+                            sync_conn, rest, where=self._where, is_busy=self._is_busy, sleep=None
+                        )
+                    )
+        except DBAPIError as exc:
+            error: BaseException = wrap_db_error(exc, "connecting", self._where)
+        except OSError as exc:
+            error = DatabaseError(f"connecting failed on {self._where}: {exc}")
+            error.__cause__ = exc  # what the backend looks at to tell a transient failure
+        else:
+            for op in batch:
+                if not op.finished:
+                    op.finish()
+            return
+        for op in batch:
+            if not op.finished:
+                op.error = error
+                op.finish()
+
+    async def _lead(self, mine: Op[Any]) -> None:
+        # Lead only until this caller's own op is done: then the caller gets on with its work
+        # and a waiter takes over the rest.
+        self._leading = True
+        batch: list[Op[Any]] = []
+        try:
+            while self._pending and not mine.finished:
+                count = min(MAX_BATCH, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(count)]
+                await self._execute(batch)
+                self._wake()
+        finally:
+            for op in batch:
+                if not op.finished:  # the leader was interrupted mid-batch
+                    op.error = DatabaseError("the write was interrupted; it was not applied")
+                    op.finish()
+            self._leading = False
+            self._wake()
+
+    async def _drive(self, op: Op[Any]) -> None:
+        while not op.finished:
+            if self._leading:
+                await self._turn.wait()
+            else:
+                await self._lead(op)
+
+    async def run(self, op: Op[T]) -> T:
+        """Add ``op`` to the next batch and see it committed, shielded from cancellation."""
+        if self._closing:
+            raise QueueClosed("the queue is closed; nothing was written")
+        self._pending.append(op)
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._drive(op)
+        except BaseException:
+            op.abandon()
+            raise
+        return op.value()
+
+    def submit_nowait(self, op: Op[Any]) -> None:
+        """Keep ``op`` for the next batch (run by the next caller, or by :meth:`flush`)."""
+        self._pending.append(op)
+
+    async def flush(self) -> None:
+        """Run what is pending."""
+        with anyio.CancelScope(shield=True):
+            while self._pending:
+                await self._drive(self._pending[-1])
+
+    async def aclose(self) -> None:
+        """Run what is pending; the engine is disposed by the store."""
+        self._closing = True
+        await self.flush()
