@@ -58,15 +58,26 @@ class DirectWriter(Writer):
         # event for all of them costs a wake-up each, where a task group per waiter watching
         # its op and the leader cost two tasks and a cancel scope each.
         self._turn = anyio.Event()
+        # The ops whose callers wait for them (not those of submit_nowait).
+        self._waiting: set[Op[Any]] = set()
         self._closing = False
 
     def _wake(self) -> None:
         self._turn.set()
         self._turn = anyio.Event()
 
+    def _finish(self, ops: list[Op[Any]]) -> None:
+        # The waiters first, then each op's hooks: a task woken by the hooks' notifications
+        # (join(), say) then finds the callers' own bookkeeping after the write already done.
+        self._wake()
+        for op in ops:
+            if not op.finished:
+                op.finish()
+
     async def _run_native(self, conn: AsyncConnection, batch: list[Op[Any]]) -> list[Op[Any]]:
         """Run the batch's bulk ops in their native form, one statement per class, and finish
-        the ops applied; return the ops left to run the usual way."""
+        them (each applied, or failed with its statement); return the ops left to run the
+        usual way."""
         groups: dict[type[BulkOp[Any]], list[BulkOp[Any]]] = {}
         rest: list[Op[Any]] = []
         for op in batch:
@@ -76,6 +87,7 @@ class DirectWriter(Writer):
                 rest.append(op)
         if not groups:
             return batch
+        settled: list[Op[Any]] = []
         for kind, group in groups.items():
             # Asked again for each group: after an invalidation the pool connects anew.
             driver = (await conn.get_raw_connection()).driver_connection
@@ -85,24 +97,32 @@ class DirectWriter(Writer):
                 error = wrap_db_error(exc, "writing", self._where)
                 for op in group:
                     op.result, op.error = None, error
-                    op.finish()
+                settled.extend(group)
                 if driver is None or driver.is_closed():
                     await conn.invalidate(exc)  # the pool replaces the connection
                 continue
             if left is None:
                 rest.extend(group)
-                continue
-            for op in group:
-                if op not in left:
-                    op.finish()
-            rest.extend(left)
-        self._wake()
+            else:
+                rest.extend(left)
+                settled.extend(op for op in group if op not in left)
+        # Committed: their callers go on at once, not after the rest of the batch.
+        self._finish(settled)
         return rest
 
-    async def _execute(self, batch: list[Op[Any]]) -> None:
+    async def _execute(self, batch: list[Op[Any]], mine: Op[Any]) -> None:
+        """Run ``batch``. When the leader's own op ran natively and callers wait for the rest,
+        the rest goes back to the front of the queue (removed from ``batch``) for one of them
+        to lead: the leader's caller then gets on with its work at once."""
+        rest = batch
         try:
             async with self._engine.connect() as conn:
-                rest = await self._run_native(conn, batch) if self._native else batch
+                if self._native:
+                    rest = await self._run_native(conn, batch)
+                    if rest and mine.finished and any(op in self._waiting for op in rest):
+                        self._pending.extendleft(reversed(rest))
+                        batch[:] = [op for op in batch if op.finished]
+                        rest = []
                 if len(rest) == 1 and rest[0].single_statement:
                     # One statement is atomic by itself: in autocommit it is one round trip,
                     # where BEGIN and COMMIT around it would be three.
@@ -122,14 +142,12 @@ class DirectWriter(Writer):
             error = DatabaseError(f"connecting failed on {self._where}: {exc}")
             error.__cause__ = exc  # what the backend looks at to tell a transient failure
         else:
-            for op in batch:
-                if not op.finished:
-                    op.finish()
+            self._finish(batch)
             return
-        for op in batch:
-            if not op.finished:
-                op.error = error
-                op.finish()
+        for op in rest:
+            if not op.finished:  # the ops run natively have their own outcome
+                op.result, op.error = None, error
+        self._finish(batch)
 
     async def _lead(self, mine: Op[Any]) -> None:
         # Lead only until this caller's own op is done: then the caller gets on with its work
@@ -140,15 +158,13 @@ class DirectWriter(Writer):
             while self._pending and not mine.finished:
                 count = min(MAX_BATCH, len(self._pending))
                 batch = [self._pending.popleft() for _ in range(count)]
-                await self._execute(batch)
-                self._wake()
+                await self._execute(batch, mine)
         finally:
             for op in batch:
                 if not op.finished:  # the leader was interrupted mid-batch
                     op.error = DatabaseError("the write was interrupted; it was not applied")
-                    op.finish()
             self._leading = False
-            self._wake()
+            self._finish(batch)
 
     async def _drive(self, op: Op[Any]) -> None:
         while not op.finished:
@@ -162,12 +178,15 @@ class DirectWriter(Writer):
         if self._closing:
             raise QueueClosed("the queue is closed; nothing was written")
         self._pending.append(op)
+        self._waiting.add(op)
         try:
             with anyio.CancelScope(shield=True):
                 await self._drive(op)
         except BaseException:
             op.abandon()
             raise
+        finally:
+            self._waiting.discard(op)
         return op.value()
 
     def submit_nowait(self, op: Op[Any]) -> None:

@@ -27,12 +27,12 @@ from ..metrics import EventKind, JobEvent, hub
 from . import admin, flow, reads
 from . import transactions as tx
 from .dberror import wrap_db_error
+from .direct import DirectWriter
 from .operations import StoreOperations
 from .records import AttemptRecord, ClaimResult, JobRecord, NewJob, Rescued
 from .schema_setup import create_schema
 from .statements import CLEAN_CHUNK, EXPIRED_ERROR, claim_statement
 from .wakeups import CancelListener, ChangeListener, Wakeups
-from .direct import DirectWriter
 from .writer import Op, ThreadWriter, Writer
 
 __all__ = ["JobStore"]
