@@ -147,28 +147,21 @@ class PutOp(BulkOp[list[int]]):
                 extra={"action": "write_retried_alone"},
             )
             return False
-        start = 0
+        found = iter(ids)
         for op in ops:
-            op.result = ids[start : start + len(op.new)]
-            start += len(op.new)
+            op.result = [next(found) for _ in op.new]
         return True
 
     @classmethod
     async def run_native(cls, driver: Any, ops: list[PutOp]) -> list[PutOp] | None:
-        """Every row of the group as one native ``INSERT`` (PostgreSQL); a failing statement
-        wrote nothing, and its error is every put's (as a lone put's would be)."""
-        ctx = ops[0].ctx
-        if not ctx.backend.native_writes():
-            return None
-        now = ctx.clock()
+        """Every row of the group as one native ``INSERT``; its error is every put's."""
+        ctx, now = ops[0].ctx, ops[0].ctx.clock()
         rows = [_job_row(op.queue, job, now) for op in ops for job in op.new]
-        if len(rows) > max(ctx.backend.grouped_put_rows(), 1):
+        if not ctx.backend.native_writes() or len(rows) > ctx.backend.grouped_put_rows():
             return None
-        ids = await ctx.backend.native_insert_jobs(driver, rows)
-        start = 0
+        ids = iter(await ctx.backend.native_insert_jobs(driver, rows))
         for op in ops:
-            op.result = ids[start : start + len(op.new)]
-            start += len(op.new)
+            op.result = [next(ids) for _ in op.new]
         return []
 
 
@@ -423,23 +416,15 @@ class AckOp(BulkOp[str | None]):
 
     @classmethod
     async def run_native(cls, driver: Any, ops: list[AckOp]) -> list[AckOp] | None:
-        """One native statement for the group (PostgreSQL); the acks it did not apply (lease
-        lost, or applied before) are left to the usual path, which tells why."""
-        ctx = ops[0].ctx
-        if not ctx.backend.native_writes():
-            return None
-        ids = [op.delivery.job_id for op in ops]
-        if len(set(ids)) != len(ids):
+        """One native statement; the acks it did not apply go the usual way, which says why."""
+        backend = ops[0].ctx.backend  # native_writes() holds: the writer asked it
+        if len({op.delivery.job_id for op in ops}) != len(ops):
             return ops  # the same job twice: the second must report the first's outcome
         acks = [(op.delivery.job_id, op.delivery.token, op.result_data) for op in ops]
-        applied = await ctx.backend.native_ack(driver, acks, ctx.clock())
-        left = []
+        applied = await backend.native_ack(driver, acks, ops[0].ctx.clock())
         for op in ops:
-            if op.delivery.job_id in applied:
-                op.result = op.delivery.queue
-            else:
-                left.append(op)
-        return left
+            op.result = op.delivery.queue if op.delivery.job_id in applied else None
+        return [op for op in ops if op.delivery.job_id not in applied]
 
 
 def nack(
