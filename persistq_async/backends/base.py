@@ -195,6 +195,16 @@ class Backend(abc.ABC):
         queue. The others wrote nothing (the caller finds out why the usual way)."""
         raise NotImplementedError
 
+    async def native_claim(
+        self, driver: Any, *, queue: str, limit: int, now: float, token: str, expires: float
+    ) -> tuple[list[Any], float | None, float | None] | None:
+        """With :meth:`native_writes`: lease up to ``limit`` ready jobs of ``queue`` as one
+        statement in autocommit: their rows, the earliest ``run_at`` of the queue's queued jobs
+        and the earliest lease expiry (both read only when fewer were leased). None, having
+        written nothing, where the claim needs more than that (flow control, expired leases to
+        rescue first): the caller claims the usual way."""
+        raise NotImplementedError
+
     def wal_bytes(self) -> int | None:
         """The size of the write-ahead log this process can see, in bytes; None where the
         database keeps it out of reach (a server). For health checks."""

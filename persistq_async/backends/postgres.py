@@ -117,6 +117,30 @@ NATIVE_ACK = (
     "run_at FROM acked) SELECT id, queue FROM acked"
 )
 
+#: A claim of a queue without flow control while no lease has expired (else None: the caller
+#: claims the usual way, which rescues and admits first): the leased rows, and when more could
+#: become claimable, read in the same snapshot (so the rows just leased are left out of the
+#: queue's earliest run_at, and their new leases count in the earliest expiry).
+_S = queue_settings.name
+NATIVE_CLAIM = (
+    "WITH g AS (SELECT (EXISTS (SELECT 1 FROM "
+    f"{_S} AS s WHERE s.queue = $1 AND (s.paused <> 0 OR s.rate_count IS NOT NULL OR "
+    f"s.max_running IS NOT NULL)) OR EXISTS (SELECT 1 FROM {_J} WHERE state = "
+    f"'{JobState.RUNNING.value}' AND lease_expires_at <= $2::float8)) AS refused), "
+    f"c AS (UPDATE {_J} SET state = '{JobState.RUNNING.value}', attempts = attempts + 1, "
+    "lease_token = $4::text, lease_expires_at = $5::float8, started_at = $2::float8 "
+    f"WHERE id IN (SELECT id FROM {_J} WHERE queue = $1::text AND state = "
+    f"'{JobState.QUEUED.value}' AND run_at <= $2::float8 ORDER BY priority DESC, id "
+    "LIMIT $3::int4 FOR UPDATE SKIP LOCKED) AND NOT (SELECT refused FROM g) "
+    f"RETURNING {_J}.*), n AS (SELECT count(*) AS taken FROM c) "
+    "SELECT g.refused AS p_refused, CASE WHEN n.taken < $3::int4 THEN (SELECT min(run_at) "
+    f"FROM {_J} AS q WHERE q.queue = $1::text AND q.state = '{JobState.QUEUED.value}' AND "
+    "q.id NOT IN (SELECT id FROM c)) END AS p_due, CASE WHEN n.taken < $3::int4 THEN "
+    f"(SELECT CASE WHEN n.taken > 0 THEN least(min(lease_expires_at), $5::float8) ELSE "
+    f"min(lease_expires_at) END FROM {_J} WHERE state = '{JobState.RUNNING.value}') END "
+    "AS p_expiry, c.* FROM g CROSS JOIN n LEFT JOIN c ON true"
+)
+
 
 def _reject_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """At checkout: a connection the server closed (a restart) is replaced, without the round
@@ -366,3 +390,17 @@ class PostgresBackend(Backend):
         results = [a[2] for a in acks]
         rows = await driver.fetch(NATIVE_ACK, ids, tokens, results, now)
         return {int(r[0]): str(r[1]) for r in rows}
+
+    async def native_claim(
+        self, driver: Any, *, queue: str, limit: int, now: float, token: str, expires: float
+    ) -> tuple[list[Any], float | None, float | None] | None:
+        """One statement: the rows leased (each with every column of the jobs table), the
+        queue's earliest ``run_at`` and the earliest lease expiry (when fewer than ``limit``
+        were leased); None, having written nothing, when the queue has flow control or a lease
+        has expired (the usual claim rescues and admits first)."""
+        found = await driver.fetch(NATIVE_CLAIM, queue, now, limit, token, expires)
+        head = found[0]
+        if head["p_refused"]:
+            return None
+        rows = [r for r in found if r["id"] is not None]
+        return rows, head["p_due"], head["p_expiry"]

@@ -88,7 +88,8 @@ class DirectWriter(Writer):
         if not groups:
             return batch
         settled: list[Op[Any]] = []
-        for kind, group in groups.items():
+        # Claims last: they then find the jobs that puts of the same batch inserted.
+        for kind, group in sorted(groups.items(), key=lambda item: item[1][0].kind == "claim"):
             # Asked again for each group: after an invalidation the pool connects anew.
             driver = (await conn.get_raw_connection()).driver_connection
             try:

@@ -26,6 +26,7 @@ from ..errors import DatabaseError, QueueClosed
 from ..metrics import EventKind, JobEvent, hub
 from . import admin, flow, reads
 from . import transactions as tx
+from .claiming import ClaimOp
 from .dberror import wrap_db_error
 from .direct import DirectWriter
 from .operations import StoreOperations
@@ -275,12 +276,7 @@ class JobStore(StoreOperations):
                 releases.append(op)
                 writer.submit_nowait(op)
 
-        op = Op(
-            lambda conn: tx.claim(conn, self._ctx, queue, limit, lease_seconds),
-            None,
-            abandon,
-            kind="claim",
-        )
+        op = ClaimOp(self._ctx, queue, limit, lease_seconds, abandon)
         try:
             result = await writer.run(op)
         except BaseException as exc:
