@@ -70,6 +70,9 @@ _TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P
 #: and 08004 are a connection that could not be made or was refused).
 _NEVER_COMMITTED_STATES = frozenset({"40001", "40P01", "55P03", "57P03", "53300", "08001", "08004"})
 
+#: The driver's errors about the connection itself (through SQLAlchemy's adapter, or asyncpg's
+#: own from the native statements: InternalClientError is its "another operation").
+_INTERFACE_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 _BROKEN_CONNECTION = re.compile(r"closed|another operation|cannot switch to state", re.IGNORECASE)
 
 # One statement for a single put: the row, its id, and the notification at commit (repeated
@@ -284,11 +287,12 @@ class PostgresBackend(Backend):
                 return True  # SQLAlchemy's verdict: the dialect saw a disconnect
             if isinstance(item, (OSError, TimeoutError)):
                 return True  # refused, reset, unreachable, or a connect that timed out
-            if type(item).__name__ == "InterfaceError" and _BROKEN_CONNECTION.search(str(item)):
+            names = {cls.__name__ for cls in type(item).__mro__}
+            if names & _INTERFACE_ERRORS and _BROKEN_CONNECTION.search(str(item)):
                 # asyncpg, on a connection the server dropped or an interrupted operation left
-                # unusable ("connection is closed", "cannot switch to state ..., another
-                # operation is in progress"); nothing was sent. Other interface errors are
-                # mistakes in a statement, and permanent.
+                # unusable ("connection is closed", "closed in the middle of operation",
+                # "cannot switch to state ..., another operation is in progress"). Other
+                # interface errors are mistakes in a statement, and permanent.
                 return True
         return False
 

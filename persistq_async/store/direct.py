@@ -99,8 +99,10 @@ class DirectWriter(Writer):
                 for op in group:
                     op.result, op.error = None, error
                 settled.extend(group)
-                if driver is None or driver.is_closed():
-                    await conn.invalidate(exc)  # the pool replaces the connection
+                # Whatever failed (the server going away mid-statement, say), the connection
+                # may be unusable (asyncpg: "another operation is in progress"): the pool
+                # replaces it, and the next group asks for a fresh one.
+                await conn.invalidate(exc)
                 continue
             if left is None:
                 rest.extend(group)

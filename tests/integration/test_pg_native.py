@@ -84,3 +84,38 @@ async def test_connections_closed_by_the_server_are_replaced_without_an_error(
         again = await q.get(timeout=5)
         assert again is not None and again.payload == {"n": 1}
         await again.ack()
+
+
+async def test_the_drivers_own_connection_errors_are_transient(session_pg_url: str) -> None:
+    import asyncpg
+
+    from persistq_async.backends import normalize_url
+    from persistq_async.backends.postgres import PostgresBackend
+    from persistq_async.config import Options
+    from persistq_async.store.dberror import wrap_db_error
+
+    url = normalize_url(session_pg_url)
+    backend = PostgresBackend(url, Options())
+    dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    victim, killer = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        # Two operations at once on one connection: what an interrupted statement leaves.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(victim.fetch, "SELECT pg_sleep(0.3)")
+            await anyio.sleep(0.05)
+            with pytest.raises(asyncpg.InterfaceError) as busy:
+                await victim.fetch("SELECT 1")
+        pid = await victim.fetchval("SELECT pg_backend_pid()")
+        await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        await anyio.sleep(0.2)
+        with pytest.raises(asyncpg.InterfaceError) as closed:
+            await victim.fetch("SELECT 1")
+        with pytest.raises(asyncpg.PostgresError) as permanent:
+            await killer.fetch("SELECT no_such_column FROM pg_class")
+    finally:
+        victim.terminate()
+        await killer.close()
+    for error in (busy.value, closed.value):
+        assert backend.is_transient(wrap_db_error(error, "writing", "pg")), error
+        assert not backend.never_committed(wrap_db_error(error, "writing", "pg"))
+    assert not backend.is_transient(wrap_db_error(permanent.value, "writing", "pg"))
