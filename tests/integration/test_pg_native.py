@@ -31,7 +31,8 @@ async def test_grouped_puts_get_the_ids_of_their_own_rows(
 ) -> None:
     async with pq.Queue(session_pg_url, name=queue_name) as q:
         ids = await q.put_many([{"n": n} for n in range(1000)])
-        assert ids == sorted(ids) and len(set(ids)) == 1000
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 1000
         # 100 concurrent single puts: the writer groups them into multi-row statements.
         got: dict[int, int] = {}
 
@@ -56,7 +57,8 @@ async def test_native_claim_defers_to_flow_control_and_rescue(
             await q.get(timeout=0.3)
         await q.resume()
         first = await q.get(timeout=5)
-        assert first is not None and first.payload == {"n": 0}
+        assert first is not None
+        assert first.payload == {"n": 0}
         await anyio.sleep(0.7)  # its lease expires: the next claim rescues it first
         again = [await q.get(timeout=5) for _ in range(5)]
         assert sorted(j.payload["n"] for j in again if j is not None) == [0, 1, 2, 3, 4]
@@ -82,7 +84,8 @@ async def test_connections_closed_by_the_server_are_replaced_without_an_error(
         await job.ack()
         assert await q.put({"n": 1}) > job.id
         again = await q.get(timeout=5)
-        assert again is not None and again.payload == {"n": 1}
+        assert again is not None
+        assert again.payload == {"n": 1}
         await again.ack()
 
 
