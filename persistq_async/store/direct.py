@@ -10,6 +10,7 @@ lone single-statement op in autocommit.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,6 +61,13 @@ class DirectWriter(Writer):
         self._turn = anyio.Event()
         # The ops whose callers wait for them (not those of submit_nowait).
         self._waiting: set[Op[Any]] = set()
+        # The connection the native statements run on, kept checked out from the pool while
+        # the queue is open (the pool keeps that many idle connections open anyway): a
+        # checkout and check-in per batch cost more than a lone put's statement.
+        self._native_conn: AsyncConnection | None = None
+        self._driver: Any = None
+        # Set when a batch was interrupted: the connection may be mid-statement.
+        self._suspect = False
         self._closing = False
 
     def _wake(self) -> None:
@@ -74,7 +82,22 @@ class DirectWriter(Writer):
             if not op.finished:
                 op.finish()
 
-    async def _run_native(self, conn: AsyncConnection, batch: list[Op[Any]]) -> list[Op[Any]]:
+    async def _native_driver(self) -> Any:
+        """The driver connection for native statements: the one kept, replaced when the server
+        closed it or an interrupted batch may have left it mid-statement."""
+        conn = self._native_conn
+        if conn is None:
+            conn = self._native_conn = await self._engine.connect()
+            self._driver = None
+        if self._suspect or (self._driver is not None and self._driver.is_closed()):
+            self._suspect = False
+            self._driver = None
+            await conn.invalidate()
+        if self._driver is None:
+            self._driver = (await conn.get_raw_connection()).driver_connection
+        return self._driver
+
+    async def _run_native(self, batch: list[Op[Any]]) -> list[Op[Any]]:
         """Run the batch's bulk ops in their native form, one statement per class, and finish
         them (each applied, or failed with its statement); return the ops left to run the
         usual way."""
@@ -90,8 +113,7 @@ class DirectWriter(Writer):
         settled: list[Op[Any]] = []
         # Claims last: they then find the jobs that puts of the same batch inserted.
         for kind, group in sorted(groups.items(), key=lambda item: item[1][0].kind == "claim"):
-            # Asked again for each group: after an invalidation the pool connects anew.
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver = await self._native_driver()
             try:
                 left = await kind.run_native(driver, group)
             except Exception as exc:  # the driver's own errors, not SQLAlchemy's
@@ -101,8 +123,8 @@ class DirectWriter(Writer):
                 settled.extend(group)
                 # Whatever failed (the server going away mid-statement, say), the connection
                 # may be unusable (asyncpg: "another operation is in progress"): the pool
-                # replaces it, and the next group asks for a fresh one.
-                await conn.invalidate(exc)
+                # replaces it before the next statement.
+                self._suspect = True
                 continue
             if left is None:
                 rest.extend(group)
@@ -119,26 +141,14 @@ class DirectWriter(Writer):
         to lead: the leader's caller then gets on with its work at once."""
         rest = batch
         try:
-            async with self._engine.connect() as conn:
-                if self._native:
-                    rest = await self._run_native(conn, batch)
-                    if rest and mine.finished and any(op in self._waiting for op in rest):
-                        self._pending.extendleft(reversed(rest))
-                        batch[:] = [op for op in batch if op.finished]
-                        rest = []
-                if len(rest) == 1 and rest[0].single_statement:
-                    # One statement is atomic by itself: in autocommit it is one round trip,
-                    # where BEGIN and COMMIT around it would be three.
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.run_sync(
-                        lambda sync_conn: run_alone(sync_conn, rest[0], where=self._where)
-                    )
-                elif rest:
-                    await conn.run_sync(
-                        lambda sync_conn: run_batch(
-                            sync_conn, rest, where=self._where, is_busy=self._is_busy, sleep=None
-                        )
-                    )
+            if self._native:
+                rest = await self._run_native(batch)
+                if rest and mine.finished and any(op in self._waiting for op in rest):
+                    self._pending.extendleft(reversed(rest))
+                    batch[:] = [op for op in batch if op.finished]
+                    rest = []
+            if rest:
+                await self._run_usual(rest)
         except DBAPIError as exc:
             error: BaseException = wrap_db_error(exc, "connecting", self._where)
         except OSError as exc:
@@ -151,6 +161,24 @@ class DirectWriter(Writer):
             if not op.finished:  # the ops run natively have their own outcome
                 op.result, op.error = None, error
         self._finish(batch)
+
+    async def _run_usual(self, rest: list[Op[Any]]) -> None:
+        """Run ops through SQLAlchemy on a connection of the pool: in one transaction, or a
+        lone single-statement op in autocommit."""
+        async with self._engine.connect() as conn:
+            if len(rest) == 1 and rest[0].single_statement:
+                # One statement is atomic by itself: in autocommit it is one round trip,
+                # where BEGIN and COMMIT around it would be three.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.run_sync(
+                    lambda sync_conn: run_alone(sync_conn, rest[0], where=self._where)
+                )
+            else:
+                await conn.run_sync(
+                    lambda sync_conn: run_batch(
+                        sync_conn, rest, where=self._where, is_busy=self._is_busy, sleep=None
+                    )
+                )
 
     async def _lead(self, mine: Op[Any]) -> None:
         # Lead only until this caller's own op is done: then the caller gets on with its work
@@ -166,6 +194,7 @@ class DirectWriter(Writer):
             for op in batch:
                 if not op.finished:  # the leader was interrupted mid-batch
                     op.error = DatabaseError("the write was interrupted; it was not applied")
+                    self._suspect = True
             self._leading = False
             self._finish(batch)
 
@@ -203,6 +232,12 @@ class DirectWriter(Writer):
                 await self._drive(self._pending[-1])
 
     async def aclose(self) -> None:
-        """Run what is pending; the engine is disposed by the store."""
+        """Run what is pending and hand the kept connection back; the engine is disposed by
+        the store."""
         self._closing = True
         await self.flush()
+        conn, self._native_conn, self._driver = self._native_conn, None, None
+        if conn is not None:
+            # A connection lost already has nothing to hand back.
+            with anyio.CancelScope(shield=True), contextlib.suppress(DBAPIError, OSError):
+                await conn.close()
