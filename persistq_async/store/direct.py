@@ -59,6 +59,7 @@ class DirectWriter(Writer):
         # event for all of them costs a wake-up each, where a task group per waiter watching
         # its op and the leader cost two tasks and a cancel scope each.
         self._turn = anyio.Event()
+        self._sleepers = 0  # callers waiting for the turn
         # The ops whose callers wait for them (not those of submit_nowait).
         self._waiting: set[Op[Any]] = set()
         # The connection the native statements run on, kept checked out from the pool while
@@ -71,8 +72,9 @@ class DirectWriter(Writer):
         self._closing = False
 
     def _wake(self) -> None:
-        self._turn.set()
-        self._turn = anyio.Event()
+        if self._sleepers:  # a lone caller (most puts) has nobody to wake
+            self._turn.set()
+            self._turn = anyio.Event()
 
     def _finish(self, ops: list[Op[Any]]) -> None:
         # The waiters first, then each op's hooks: a task woken by the hooks' notifications
@@ -201,7 +203,11 @@ class DirectWriter(Writer):
     async def _drive(self, op: Op[Any]) -> None:
         while not op.finished:
             if self._leading:
-                await self._turn.wait()
+                self._sleepers += 1
+                try:
+                    await self._turn.wait()
+                finally:
+                    self._sleepers -= 1
             else:
                 await self._lead(op)
 
