@@ -188,6 +188,9 @@ class DirectWriter(Writer):
         self._leading = True
         batch: list[Op[Any]] = []
         try:
+            # One pass of the event loop first: writes of tasks woken by the same event (the
+            # acks of a claim's handlers, say) then join this batch, one statement for all.
+            await anyio.lowlevel.cancel_shielded_checkpoint()
             while self._pending and not mine.finished:
                 count = min(MAX_BATCH, len(self._pending))
                 batch = [self._pending.popleft() for _ in range(count)]
