@@ -1,11 +1,14 @@
 """The PostgreSQL writer: writes on pooled connections in the callers' tasks, batched by a leader.
 
 The server takes concurrent writers itself, so there is no writer thread: the first caller to
-find no batch running becomes the leader and runs what is pending. Bulk ops (puts, acks) whose
-backend has a native form (:meth:`.Backend.native_writes`) run first as one driver-level
-statement per kind in autocommit (no ``BEGIN``/``COMMIT`` round trips, no SQLAlchemy execution
-or greenlet hop around them); the rest run as before, in one transaction through SQLAlchemy, a
-lone single-statement op in autocommit.
+find no batch running becomes the leader, lets the event loop run once (writes woken by the
+same event join it), and runs what is pending. Bulk ops (puts, claims, acks) whose backend has
+a native form (:meth:`.Backend.native_writes`) run first, one driver-level statement per kind in
+autocommit, on a connection the writer keeps from the pool: no ``BEGIN``/``COMMIT`` round trips,
+no checkout, no SQLAlchemy execution or greenlet hop around them. The rest (and what a native
+statement declines: a claim under flow control, an ack whose lease is gone) run as before,
+through SQLAlchemy on a pooled connection: in one transaction, a lone single-statement op in
+autocommit.
 """
 
 from __future__ import annotations
