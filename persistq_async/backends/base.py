@@ -175,9 +175,9 @@ class Backend(abc.ABC):
         return 0
 
     def native_writes(self) -> bool:
-        """Whether the hot writes (:meth:`native_insert_jobs`, :meth:`native_ack`) run as
-        driver-level statements on the connection the pool hands out, each one statement in
-        autocommit, without SQLAlchemy's execution around them."""
+        """Whether the hot writes (:meth:`native_insert_jobs`, :meth:`native_claim`,
+        :meth:`native_ack`) run as driver-level statements on a connection the pool handed
+        out, each one statement in autocommit, without SQLAlchemy's execution around them."""
         return False
 
     async def native_insert_jobs(self, driver: Any, rows: Sequence[Mapping[str, Any]]) -> list[int]:

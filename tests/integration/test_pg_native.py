@@ -4,6 +4,8 @@ guarantee of the usual path, and a pool without pre-ping replaces connections th
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 from sqlalchemy import text
@@ -122,3 +124,28 @@ async def test_the_drivers_own_connection_errors_are_transient(session_pg_url: s
         assert backend.is_transient(wrap_db_error(error, "writing", "pg")), error
         assert not backend.never_committed(wrap_db_error(error, "writing", "pg"))
     assert not backend.is_transient(wrap_db_error(permanent.value, "writing", "pg"))
+
+
+async def test_a_put_cancelled_by_asyncio_mid_statement_leaves_the_writer_usable(
+    session_pg_url: str, queue_name: str
+) -> None:
+    import asyncio
+
+    async with pq.Queue(session_pg_url, name=queue_name) as q:
+        for delay in (0, 0, 0.0005, 0.001, 0.002) * 4:
+            # Task.cancel pierces anyio's shield: the write may be cut off mid-statement.
+            task = asyncio.ensure_future(q.put({"n": 0}))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, pq.DatabaseError):
+                await task
+        # The connection a cut-off statement may have left busy is replaced: the next writes
+        # go through, and the queue holds whole jobs only.
+        ids = [await q.put({"n": 1}) for _ in range(3)]
+        assert len(set(ids)) == 3
+        stats = await q.stats()
+        assert stats.queued >= 3
+        assert stats.queued <= 3 + 20
+        job = await q.get(timeout=5)
+        assert job.payload in ({"n": 0}, {"n": 1})
+        await job.ack()
