@@ -174,6 +174,37 @@ class Backend(abc.ABC):
         statement (:meth:`insert_jobs`); 0 when such puts run one by one."""
         return 0
 
+    def native_writes(self) -> bool:
+        """Whether the hot writes (:meth:`native_insert_jobs`, :meth:`native_claim`,
+        :meth:`native_ack`) run as driver-level statements on a connection the pool handed
+        out, each one statement in autocommit, without SQLAlchemy's execution around them."""
+        return False
+
+    async def native_insert_jobs(self, driver: Any, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """With :meth:`native_writes`: insert rows of the jobs table (every row with the same
+        keys, no ``dedupe_key``) as one statement in autocommit on ``driver`` (the driver's own
+        connection), notifying their queues at commit; their ids, in the order of the rows."""
+        raise NotImplementedError
+
+    async def native_ack(
+        self, driver: Any, acks: Sequence[tuple[int, str, bytes | None]], now: float
+    ) -> dict[int, str]:
+        """With :meth:`native_writes`: mark the deliveries ``(job id, lease token, result)`` done
+        and write their attempt rows, as one statement in autocommit on ``driver``. Only the
+        deliveries still running under their token are applied; their job ids, each with its
+        queue. The others wrote nothing (the caller finds out why the usual way)."""
+        raise NotImplementedError
+
+    async def native_claim(
+        self, driver: Any, *, queue: str, limit: int, now: float, token: str, expires: float
+    ) -> tuple[list[Any], float | None, float | None] | None:
+        """With :meth:`native_writes`: lease up to ``limit`` ready jobs of ``queue`` as one
+        statement in autocommit: their rows, the earliest ``run_at`` of the queue's queued jobs
+        and the earliest lease expiry (both read only when fewer were leased). None, having
+        written nothing, where the claim needs more than that (flow control, expired leases to
+        rescue first): the caller claims the usual way."""
+        raise NotImplementedError
+
     def wal_bytes(self) -> int | None:
         """The size of the write-ahead log this process can see, in bytes; None where the
         database keeps it out of reach (a server). For health checks."""

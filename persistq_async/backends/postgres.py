@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
-from sqlalchemy import Select, bindparam, func, insert, text
+from sqlalchemy import Select, bindparam, event, func, insert, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ..schema import DEDUPE, jobs, queue_settings
+from .._types import JobState
+from ..schema import DEDUPE, attempts, jobs, queue_settings
 from .base import Backend, error_chain
 from .prepared import Prepared
 
@@ -69,6 +70,9 @@ _TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P
 #: and 08004 are a connection that could not be made or was refused).
 _NEVER_COMMITTED_STATES = frozenset({"40001", "40P01", "55P03", "57P03", "53300", "08001", "08004"})
 
+#: The driver's errors about the connection itself (through SQLAlchemy's adapter, or asyncpg's
+#: own from the native statements: InternalClientError is its "another operation").
+_INTERFACE_ERRORS = frozenset({"InterfaceError", "InternalClientError"})
 _BROKEN_CONNECTION = re.compile(r"closed|another operation|cannot switch to state", re.IGNORECASE)
 
 # One statement for a single put: the row, its id, and the notification at commit (repeated
@@ -78,6 +82,77 @@ _INSERT_ONE = Prepared(
     .values({c: bindparam(c.key, type_=c.type) for c in jobs.c if c.key in _PUT_COLUMNS})
     .returning(jobs.c.id, func.pg_notify(CHANNEL, jobs.c.queue))
 )
+
+
+# The hot writes as driver-level statements (see PostgresBackend.native_writes), their SQL
+# written once from the schema's own names. Each is one statement in autocommit: atomic alone.
+_J, _A = jobs.name, attempts.name
+_NATIVE_COLUMNS = tuple(c.key for c in jobs.c if c.key in _PUT_COLUMNS)
+_PG_TYPE = {"queue": "text", "state": "text", "payload": "bytea", "priority": "int4"}
+_PG_TYPE |= {"attempts": "int4", "max_attempts": "int4", "run_at": "float8"}
+_PG_TYPE |= {"enqueued_at": "float8", "created_at": "float8", "dedupe_key": "text"}
+_PG_TYPE |= {"tags": "text", "headers": "text"}
+_COLUMN_LIST = ", ".join(_NATIVE_COLUMNS)
+#: One row: its id, and the notification at commit.
+NATIVE_INSERT_ONE = (
+    f"INSERT INTO {_J} ({_COLUMN_LIST}) "
+    f"VALUES ({', '.join(f'${i + 1}::{_PG_TYPE[c]}' for i, c in enumerate(_NATIVE_COLUMNS))}) "
+    f"RETURNING id, pg_notify('{CHANNEL}', queue)"
+)
+#: Many rows from one array per column, inserted in the arrays' order (so their ids, drawn from
+#: the sequence row by row, ascend in that order), and one notification per queue.
+NATIVE_INSERT_MANY = (
+    f"WITH ins AS (INSERT INTO {_J} ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM unnest("
+    + ", ".join(f"${i + 1}::{_PG_TYPE[c]}[]" for i, c in enumerate(_NATIVE_COLUMNS))
+    + f") WITH ORDINALITY AS r({_COLUMN_LIST}, ord) ORDER BY ord RETURNING id, queue) "
+    f"SELECT array_agg(id ORDER BY id), (SELECT count(pg_notify('{CHANNEL}', q)) "
+    "FROM (SELECT DISTINCT queue AS q FROM ins) AS d) FROM ins"
+)
+#: Acks fenced by their lease tokens, with their attempt rows; the rows applied.
+NATIVE_ACK = (
+    f"WITH acked AS (UPDATE {_J} AS j SET state = '{JobState.DONE.value}', result = u.result, "
+    "finished_at = $4, lease_token = NULL, lease_expires_at = NULL "
+    "FROM unnest($1::int8[], $2::text[], $3::bytea[]) AS u(id, token, result) "
+    f"WHERE j.id = u.id AND j.lease_token = u.token AND j.state = '{JobState.RUNNING.value}' "
+    "RETURNING j.id, j.queue, j.attempts, j.started_at, j.run_at, u.token), "
+    f"att AS (INSERT INTO {_A} (job_id, attempt, lease_token, started_at, finished_at, outcome, "
+    "error, ready_at) SELECT id, attempts, token, coalesce(started_at, $4), $4, 'acked', NULL, "
+    "run_at FROM acked) SELECT id, queue FROM acked"
+)
+
+#: A claim of a queue without flow control while no lease has expired (else None: the caller
+#: claims the usual way, which rescues and admits first): the leased rows, and when more could
+#: become claimable, read in the same snapshot (so the rows just leased are left out of the
+#: queue's earliest run_at, and their new leases count in the earliest expiry).
+_S = queue_settings.name
+NATIVE_CLAIM = (
+    "WITH g AS (SELECT (EXISTS (SELECT 1 FROM "
+    f"{_S} AS s WHERE s.queue = $1 AND (s.paused <> 0 OR s.rate_count IS NOT NULL OR "
+    f"s.max_running IS NOT NULL)) OR EXISTS (SELECT 1 FROM {_J} WHERE state = "
+    f"'{JobState.RUNNING.value}' AND lease_expires_at <= $2::float8)) AS refused), "
+    f"c AS (UPDATE {_J} SET state = '{JobState.RUNNING.value}', attempts = attempts + 1, "
+    "lease_token = $4::text, lease_expires_at = $5::float8, started_at = $2::float8 "
+    f"WHERE id IN (SELECT id FROM {_J} WHERE queue = $1::text AND state = "
+    f"'{JobState.QUEUED.value}' AND run_at <= $2::float8 ORDER BY priority DESC, id "
+    "LIMIT $3::int4 FOR UPDATE SKIP LOCKED) AND NOT (SELECT refused FROM g) "
+    f"RETURNING {_J}.*), n AS (SELECT count(*) AS taken FROM c) "
+    "SELECT g.refused AS p_refused, CASE WHEN n.taken < $3::int4 THEN (SELECT min(run_at) "
+    f"FROM {_J} AS q WHERE q.queue = $1::text AND q.state = '{JobState.QUEUED.value}' AND "
+    "q.id NOT IN (SELECT id FROM c)) END AS p_due, CASE WHEN n.taken < $3::int4 THEN "
+    f"(SELECT CASE WHEN n.taken > 0 THEN least(min(lease_expires_at), $5::float8) ELSE "
+    f"min(lease_expires_at) END FROM {_J} WHERE state = '{JobState.RUNNING.value}') END "
+    "AS p_expiry, c.* FROM g CROSS JOIN n LEFT JOIN c ON true"
+)
+
+
+def _reject_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout: a connection the server closed (a restart) is replaced, without the round
+    trip of a pre-ping. asyncpg sees the server's goodbye on the idle socket, so this catches
+    what a restart leaves in the pool; a connection lost later fails its statement, which the
+    writes' transient-error retries get past."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the connection was closed by the server")
 
 
 class PostgresBackend(Backend):
@@ -95,8 +170,11 @@ class PostgresBackend(Backend):
         self._closing = False
 
     def create_engine(self) -> AsyncEngine:
-        """A small pool; ``pool_pre_ping`` replaces connections lost in a server restart."""
-        return create_async_engine(self.url, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        """A small pool; connections the server closed are replaced at checkout (no pre-ping:
+        it cost a ``BEGIN; ROLLBACK`` round trip on every write)."""
+        engine = create_async_engine(self.url, pool_size=4, max_overflow=4)
+        event.listen(engine.sync_engine, "checkout", _reject_closed)
+        return engine
 
     async def prepare(self) -> None:
         """Nothing to check before connecting (without ``create``, the schema check refuses a
@@ -209,11 +287,12 @@ class PostgresBackend(Backend):
                 return True  # SQLAlchemy's verdict: the dialect saw a disconnect
             if isinstance(item, (OSError, TimeoutError)):
                 return True  # refused, reset, unreachable, or a connect that timed out
-            if type(item).__name__ == "InterfaceError" and _BROKEN_CONNECTION.search(str(item)):
+            names = {cls.__name__ for cls in type(item).__mro__}
+            if names & _INTERFACE_ERRORS and _BROKEN_CONNECTION.search(str(item)):
                 # asyncpg, on a connection the server dropped or an interrupted operation left
-                # unusable ("connection is closed", "cannot switch to state ..., another
-                # operation is in progress"); nothing was sent. Other interface errors are
-                # mistakes in a statement, and permanent.
+                # unusable ("connection is closed", "closed in the middle of operation",
+                # "cannot switch to state ..., another operation is in progress"). Other
+                # interface errors are mistakes in a statement, and permanent.
                 return True
         return False
 
@@ -285,3 +364,47 @@ class PostgresBackend(Backend):
         )
         job_id = conn.execute(stmt).scalar_one_or_none()
         return None if job_id is None else int(job_id)
+
+    def native_writes(self) -> bool:
+        """Puts and acks run as asyncpg prepared statements (asyncpg prepares each text once
+        per connection), one statement each batch, in autocommit."""
+        return True
+
+    async def native_insert_jobs(self, driver: Any, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """One row: ``INSERT ... RETURNING id, pg_notify(...)``. Several: one ``INSERT ...
+        SELECT FROM unnest(...)`` and one notification per queue."""
+        if len(rows) == 1:
+            row = rows[0]
+            found = await driver.fetchrow(NATIVE_INSERT_ONE, *[row[c] for c in _NATIVE_COLUMNS])
+            return [int(found[0])]
+        columns = [[row[c] for row in rows] for c in _NATIVE_COLUMNS]
+        found = await driver.fetchrow(NATIVE_INSERT_MANY, *columns)
+        ids = [int(i) for i in found[0]]
+        if len(ids) != len(rows):  # cannot happen: the statement inserts every row or fails
+            raise RuntimeError(f"{len(ids)} ids for {len(rows)} rows")
+        return ids
+
+    async def native_ack(
+        self, driver: Any, acks: Sequence[tuple[int, str, bytes | None]], now: float
+    ) -> dict[int, str]:
+        """``UPDATE ... FROM unnest(...)`` fenced by the tokens, and the attempt rows of the
+        deliveries it applied, in one statement."""
+        ids = [a[0] for a in acks]
+        tokens = [a[1] for a in acks]
+        results = [a[2] for a in acks]
+        rows = await driver.fetch(NATIVE_ACK, ids, tokens, results, now)
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def native_claim(
+        self, driver: Any, *, queue: str, limit: int, now: float, token: str, expires: float
+    ) -> tuple[list[Any], float | None, float | None] | None:
+        """One statement: the rows leased (each with every column of the jobs table), the
+        queue's earliest ``run_at`` and the earliest lease expiry (when fewer than ``limit``
+        were leased); None, having written nothing, when the queue has flow control or a lease
+        has expired (the usual claim rescues and admits first)."""
+        found = await driver.fetch(NATIVE_CLAIM, queue, now, limit, token, expires)
+        head = found[0]
+        if head["p_refused"]:
+            return None
+        rows = [r for r in found if r["id"] is not None]
+        return rows, head["p_due"], head["p_expiry"]

@@ -26,13 +26,15 @@ from ..errors import DatabaseError, QueueClosed
 from ..metrics import EventKind, JobEvent, hub
 from . import admin, flow, reads
 from . import transactions as tx
+from .claiming import ClaimOp
 from .dberror import wrap_db_error
+from .direct import DirectWriter
 from .operations import StoreOperations
 from .records import AttemptRecord, ClaimResult, JobRecord, NewJob, Rescued
 from .schema_setup import create_schema
 from .statements import CLEAN_CHUNK, EXPIRED_ERROR, claim_statement
 from .wakeups import CancelListener, ChangeListener, Wakeups
-from .writer import DirectWriter, Op, ThreadWriter, Writer
+from .writer import Op, ThreadWriter, Writer
 
 __all__ = ["JobStore"]
 
@@ -105,7 +107,12 @@ class JobStore(StoreOperations):
         if write_engine is None:
             async with engine.connect() as conn:
                 await conn.run_sync(setup)
-            return DirectWriter(engine, where=self.where, is_busy=self.backend.is_busy)
+            return DirectWriter(
+                engine,
+                where=self.where,
+                is_busy=self.backend.is_busy,
+                native=self.backend.native_writes(),
+            )
         writer = ThreadWriter(
             write_engine.connect,
             where=self.where,
@@ -269,12 +276,7 @@ class JobStore(StoreOperations):
                 releases.append(op)
                 writer.submit_nowait(op)
 
-        op = Op(
-            lambda conn: tx.claim(conn, self._ctx, queue, limit, lease_seconds),
-            None,
-            abandon,
-            kind="claim",
-        )
+        op = ClaimOp(self._ctx, queue, limit, lease_seconds, abandon)
         try:
             result = await writer.run(op)
         except BaseException as exc:

@@ -147,11 +147,22 @@ class PutOp(BulkOp[list[int]]):
                 extra={"action": "write_retried_alone"},
             )
             return False
-        start = 0
+        found = iter(ids)
         for op in ops:
-            op.result = ids[start : start + len(op.new)]
-            start += len(op.new)
+            op.result = [next(found) for _ in op.new]
         return True
+
+    @classmethod
+    async def run_native(cls, driver: Any, ops: list[PutOp]) -> list[PutOp] | None:
+        """Every row of the group as one native ``INSERT``; its error is every put's."""
+        ctx, now = ops[0].ctx, ops[0].ctx.clock()
+        rows = [_job_row(op.queue, job, now) for op in ops for job in op.new]
+        if not ctx.backend.native_writes() or len(rows) > ctx.backend.grouped_put_rows():
+            return None
+        ids = iter(await ctx.backend.native_insert_jobs(driver, rows))
+        for op in ops:
+            op.result = [next(ids) for _ in op.new]
+        return []
 
 
 # ---------------------------------------------------------------------- claims
@@ -402,6 +413,18 @@ class AckOp(BulkOp[str | None]):
         for op in ops:
             op.result = op.delivery.queue
         return True
+
+    @classmethod
+    async def run_native(cls, driver: Any, ops: list[AckOp]) -> list[AckOp] | None:
+        """One native statement; the acks it did not apply go the usual way, which says why."""
+        backend = ops[0].ctx.backend  # native_writes() holds: the writer asked it
+        if len({op.delivery.job_id for op in ops}) != len(ops):
+            return ops  # the same job twice: the second must report the first's outcome
+        acks = [(op.delivery.job_id, op.delivery.token, op.result_data) for op in ops]
+        applied = await backend.native_ack(driver, acks, ops[0].ctx.clock())
+        for op in ops:
+            op.result = op.delivery.queue if op.delivery.job_id in applied else None
+        return [op for op in ops if op.delivery.job_id not in applied]
 
 
 def nack(

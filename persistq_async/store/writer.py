@@ -7,9 +7,9 @@ all in one hop to the thread. Results come back to the event loop by a callback,
 awaiting task, so a cancelled caller can never interrupt a transaction half-way, and a queue may
 be closed from another task than the one that opened it.
 
-PostgreSQL (:class:`DirectWriter`): the server takes concurrent writers itself, so each operation
-runs in its own short transaction on a pooled connection, in the caller's task, shielded from
-cancellation.
+PostgreSQL (:class:`~.direct.DirectWriter`, in its own module): the server takes concurrent
+writers itself, so operations run in short transactions on pooled connections, in the callers'
+tasks, shielded from cancellation.
 
 An operation is a synchronous function of a SQLAlchemy ``Connection``. It may raise a
 :class:`~persistq_async.PersistQError` only before its first write; a database error in one
@@ -39,11 +39,9 @@ from .dberror import wrap_db_error
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
-    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "BulkOp",
-    "DirectWriter",
     "Op",
     "ThreadWriter",
     "Writer",
@@ -148,6 +146,17 @@ class BulkOp(Op[T]):
         :returns: False, having written nothing, when they must run one by one instead.
         """
         raise NotImplementedError
+
+    @classmethod
+    async def run_native(cls, driver: Any, ops: list[Self]) -> list[Self] | None:
+        """Run ``ops`` (one or more of this class) on ``driver``, the driver's own connection
+        (see :meth:`.Backend.native_writes`), each op within one statement in autocommit,
+        setting the ``result`` of each op applied.
+
+        :returns: the ops still to run the usual way (they wrote nothing), or None when this
+            class has no native form (nothing written).
+        """
+        return None
 
 
 def run_batch(
@@ -259,18 +268,6 @@ def _run_bulk(conn: Connection, ops: list[Op[Any]]) -> set[Op[Any]]:
         if len(group) > 1 and kind.run_together(conn, group):
             done.update(group)
     return done
-
-
-async def _first_of(*events: anyio.Event) -> None:
-    """Wait until one of ``events`` is set."""
-    async with anyio.create_task_group() as tg:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            tg.cancel_scope.cancel()
-
-        for event in events:
-            tg.start_soon(wait, event)
 
 
 def _rollback_quietly(conn: Connection) -> None:
@@ -485,107 +482,3 @@ class ThreadWriter(Writer):
             self._requests.put(None)
             await anyio.to_thread.run_sync(thread.join)
         self._thread = None
-
-
-class DirectWriter(Writer):
-    """Writes on a pooled connection in the callers' tasks, batched by a leader.
-
-    The first caller to find no batch running becomes the leader: it runs every pending
-    operation in one transaction, then the ones that arrived meanwhile, until none is left. The
-    others wait for their operation, or for the leader to go (say it was cancelled by asyncio's
-    own ``Task.cancel``, which pierces anyio's shield), and then lead themselves.
-    """
-
-    def __init__(
-        self, engine: AsyncEngine, *, where: str, is_busy: Callable[[BaseException], bool]
-    ) -> None:
-        self._engine = engine
-        self._where = where
-        self._is_busy = is_busy
-        self._pending: deque[Op[Any]] = deque()
-        self._leading = False
-        self._leader_gone = anyio.Event()
-        self._closing = False
-
-    async def _execute(self, batch: list[Op[Any]]) -> None:
-        try:
-            async with self._engine.connect() as conn:
-                if len(batch) == 1 and batch[0].single_statement:
-                    # One statement is atomic by itself: in autocommit it is one round trip,
-                    # where BEGIN and COMMIT around it would be three.
-                    await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    await conn.run_sync(
-                        lambda sync_conn: run_alone(sync_conn, batch[0], where=self._where)
-                    )
-                else:
-                    await conn.run_sync(
-                        lambda sync_conn: run_batch(
-                            sync_conn, batch, where=self._where, is_busy=self._is_busy, sleep=None
-                        )
-                    )
-        except DBAPIError as exc:
-            error: BaseException = wrap_db_error(exc, "connecting", self._where)
-        except OSError as exc:
-            error = DatabaseError(f"connecting failed on {self._where}: {exc}")
-            error.__cause__ = exc  # what the backend looks at to tell a transient failure
-        else:
-            for op in batch:
-                op.finish()
-            return
-        for op in batch:
-            op.error = error
-            op.finish()
-
-    async def _lead(self, mine: Op[Any]) -> None:
-        # Lead only until this caller's own op is done: then the caller gets on with its work
-        # and a waiter takes over the rest.
-        self._leading = True
-        batch: list[Op[Any]] = []
-        try:
-            while self._pending and not mine.finished:
-                count = min(MAX_BATCH, len(self._pending))
-                batch = [self._pending.popleft() for _ in range(count)]
-                await self._execute(batch)
-        finally:
-            for op in batch:
-                if not op.finished:  # the leader was interrupted mid-batch
-                    op.error = DatabaseError("the write was interrupted; it was not applied")
-                    op.finish()
-            self._leading = False
-            self._leader_gone.set()
-            self._leader_gone = anyio.Event()
-
-    async def _drive(self, op: Op[Any]) -> None:
-        while not op.finished:
-            if self._leading:
-                await _first_of(op.done, self._leader_gone)
-            else:
-                await self._lead(op)
-
-    async def run(self, op: Op[T]) -> T:
-        """Add ``op`` to the next batch and see it committed, shielded from cancellation."""
-        if self._closing:
-            raise QueueClosed("the queue is closed; nothing was written")
-        self._pending.append(op)
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._drive(op)
-        except BaseException:
-            op.abandon()
-            raise
-        return op.value()
-
-    def submit_nowait(self, op: Op[Any]) -> None:
-        """Keep ``op`` for the next batch (run by the next caller, or by :meth:`flush`)."""
-        self._pending.append(op)
-
-    async def flush(self) -> None:
-        """Run what is pending."""
-        with anyio.CancelScope(shield=True):
-            while self._pending:
-                await self._drive(self._pending[-1])
-
-    async def aclose(self) -> None:
-        """Run what is pending; the engine is disposed by the store."""
-        self._closing = True
-        await self.flush()

@@ -60,7 +60,9 @@ HANDLER_MODULE = EVENT_LOG_MODULE + textwrap.dedent(
         event("start", job)
         how = "cancelled"
         try:
-            await anyio.sleep(random.uniform(0.001, 0.005))
+            # Long enough that the drain outlasts MIN_KILLS kill periods however fast the
+            # queue itself is (32 slots: at most about 800 jobs/s).
+            await anyio.sleep(random.uniform(0.02, 0.06))
             how = "returned"
         finally:
             event("stop", job, how)
