@@ -261,7 +261,7 @@ class SQLiteBackend(Backend):
             finally:
                 cursor.close()
 
-        engine.dialect.do_begin = do_begin  # type: ignore[method-assign]
+        engine.dialect.do_begin = do_begin  # type: ignore[method-assign,assignment]
 
     def create_engine(self) -> AsyncEngine:
         """Readers, through aiosqlite; they never take the write lock.
