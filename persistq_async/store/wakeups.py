@@ -27,6 +27,9 @@ CancelListener = Callable[[str, int], None]
 ChangeListener = Callable[[str], None]
 
 _registry: weakref.WeakSet[Wakeups] = weakref.WeakSet()
+#: Moves on whenever a store registers or unregisters, so that each keeps its list of peers
+#: until then (every commit's wake-up asks for it).
+_generation = 0
 
 
 class Wakeups:
@@ -49,21 +52,32 @@ class Wakeups:
         self._watch_lock = anyio.Lock()
         self._watch_value = 0
         self._watch_checked = -math.inf
+        self._peer_list: list[Wakeups] = []
+        self._peers_of = -1
 
     def register(self, watch_conn: AsyncConnection | None) -> None:
         """Start receiving wake-ups of this process's stores on the same database."""
+        global _generation
         self._loop = asyncio.get_running_loop()
         self._watch_conn = watch_conn
         _registry.add(self)
+        _generation += 1
 
     def unregister(self) -> AsyncConnection | None:
         """Stop receiving wake-ups; returns the watch connection for the caller to close."""
+        global _generation
         _registry.discard(self)
+        _generation += 1
         conn, self._watch_conn = self._watch_conn, None
         return conn
 
     def _peers(self) -> list[Wakeups]:
-        return [w for w in list(_registry) if w._where == self._where and w._loop is self._loop]
+        if self._peers_of != _generation:
+            self._peer_list = [
+                w for w in list(_registry) if w._where == self._where and w._loop is self._loop
+            ]
+            self._peers_of = _generation
+        return self._peer_list
 
     def work_event(self, queue: str) -> anyio.Event:
         """An event set when jobs of ``queue`` may have become claimable in this process."""
