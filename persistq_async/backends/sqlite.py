@@ -219,7 +219,7 @@ class SQLiteBackend(Backend):
         """The database file."""
         return Path(self.url.database or "")
 
-    def _install_hooks(self, engine: Engine, *, begin: str) -> None:
+    def _install_hooks(self, engine: Engine, *, begin: str, on_cursor: bool = False) -> None:
         busy_ms = int(self.options.busy_timeout * 1000)
         synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
 
@@ -243,7 +243,7 @@ class SQLiteBackend(Backend):
             finally:
                 cursor.close()
 
-        if begin == "BEGIN":
+        if not on_cursor:
 
             @event.listens_for(engine, "begin")
             def _on_begin(conn: Connection) -> None:
@@ -254,6 +254,7 @@ class SQLiteBackend(Backend):
         # The writer begins a transaction per batch: on the DBAPI cursor, as the dialect's own
         # BEGIN, it costs a few microseconds where a statement through SQLAlchemy's execution
         # (the "begin" event above) costs tens; and an error of it is wrapped like any other.
+        # (The readers keep the event: their driver is aiosqlite's adapter, and they are few.)
         def do_begin(dbapi_conn: Any) -> None:
             cursor = dbapi_conn.cursor()
             try:
@@ -304,7 +305,7 @@ class SQLiteBackend(Backend):
                     raise
 
             engine = create_engine("sqlite+pysqlite://", poolclass=NullPool, creator=connect)
-        self._install_hooks(engine, begin="BEGIN IMMEDIATE")
+        self._install_hooks(engine, begin="BEGIN IMMEDIATE", on_cursor=True)
         return engine
 
     async def prepare(self) -> None:
