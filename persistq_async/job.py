@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -79,14 +80,16 @@ async def retry_transient(
     """Run ``write``; on a :class:`DatabaseError` that ``retryable`` accepts, try again with
     backoff for up to ``patience`` seconds (logged once as ``write_retrying``), then raise the
     last error. For puts and claims, where the caller decides what may be repeated."""
-    deadline = anyio.current_time() + patience
+    # time.monotonic, not anyio.current_time: the deadline is only compared with itself, and
+    # anyio's clock looks up the running async library on every call (every put and claim).
+    deadline = time.monotonic() + patience
     delay = RETRY_FIRST_DELAY
     tries = 0
     while True:
         try:
             return await write()
         except DatabaseError as exc:
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0 or not retryable(exc):
                 raise
             tries += 1
@@ -494,7 +497,7 @@ class Job:
         """
         delay = RETRY_FIRST_DELAY
         tries = 0
-        began = anyio.current_time()
+        began = time.monotonic()  # for the log only (see retry_transient)
         while True:
             try:
                 return await write()
@@ -505,7 +508,7 @@ class Job:
                 remaining = self._lease_end - self._store.clock()
                 fields = {"job_id": self.id, "queue": self.queue, "error": str(exc)}
                 if remaining <= 0:
-                    elapsed = anyio.current_time() - began
+                    elapsed = time.monotonic() - began
                     log_event(
                         logger,
                         logging.ERROR,

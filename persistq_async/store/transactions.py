@@ -9,7 +9,7 @@ as one statement (:class:`PutOp`, :class:`AckOp`) are defined here too, with typ
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,7 +179,8 @@ def claim(
         "p_queue": queue,
         "p_now": now,
         "p_limit": limit,
-        "p_token": uuid.uuid4().hex,
+        # 128 random bits as 32 hex digits, as uuid4().hex gives, without building a UUID
+        "p_token": os.urandom(16).hex(),
         "p_expires": now + lease_seconds,
     }
     gate = flow.admit(conn, ctx.backend, queue, limit, now)

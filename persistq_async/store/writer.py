@@ -65,8 +65,8 @@ class Op(Generic[T]):
     """One write: ``fn(connection)`` and what to do once it committed or was abandoned."""
 
     __slots__ = (
+        "_done",
         "abandoned",
-        "done",
         "error",
         "finished",
         "fn",
@@ -75,6 +75,7 @@ class Op(Generic[T]):
         "on_commit",
         "result",
         "single_statement",
+        "waiter",
     )
 
     def __init__(
@@ -93,11 +94,24 @@ class Op(Generic[T]):
         self.kind = kind
         self.on_commit = on_commit
         self.on_abandon = on_abandon
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
+        #: A future of the event loop set by :meth:`finish`, for a writer that waits on one
+        #: (cheaper than an event when nothing else waits for the op).
+        self.waiter: asyncio.Future[None] | None = None
         self.result: T | None = None
         self.error: BaseException | None = None
         self.finished = False
         self.abandoned = False
+
+    @property
+    def done(self) -> anyio.Event:
+        """Set once the op committed or failed; made when first asked for (most ops are
+        awaited through :attr:`waiter`, and an event per op costs a few microseconds)."""
+        if self._done is None:
+            self._done = anyio.Event()
+            if self.finished:
+                self._done.set()
+        return self._done
 
     def value(self) -> T:
         """The result, or raise the error."""
@@ -120,7 +134,11 @@ class Op(Generic[T]):
         the caller's own bookkeeping after the write already done.
         """
         self.finished = True
-        self.done.set()
+        if self._done is not None:
+            self._done.set()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if self.error is None:
             try:
                 if self.on_commit is not None:
@@ -322,9 +340,11 @@ class ThreadWriter(Writer):
         self._requests: stdlib_queue.SimpleQueue[list[Op[Any]] | None] = stdlib_queue.SimpleQueue()
         self._busy = False
         self._scheduled = False
+        #: Ops in the last batch dispatched (see :meth:`_schedule`).
+        self._last_size = 0
         self._closing = False
-        self._idle = anyio.Event()
-        self._idle.set()
+        #: Set when nothing is pending or running any more; made only by :meth:`aclose`.
+        self._idle: anyio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -406,7 +426,13 @@ class ThreadWriter(Writer):
         # Dispatch a few loop iterations later, not at once: tasks woken by the last commit
         # (executors acking, a pool refilling the slots they freed) then join the same batch,
         # and one fsync serves them all. An idle loop runs the iterations in microseconds.
+        # A lone caller (the last batch held one op and this one is alone too) has nobody to
+        # wait for: it is dispatched at once. The first op of a burst then goes alone, the
+        # rest gather behind it, and the next batch, larger than one, brings the wait back.
         if not self._busy and not self._scheduled:
+            if self._last_size == 1 and len(self._pending) == 1:
+                self._dispatch()
+                return
             self._scheduled = True
             self._defer(DISPATCH_TICKS)
 
@@ -421,11 +447,12 @@ class ThreadWriter(Writer):
         self._scheduled = False
         if self._busy or not self._pending:
             if not self._busy:
-                self._idle.set()
+                self._set_idle()
             return
         count = min(MAX_BATCH, len(self._pending))
         batch = [self._pending.popleft() for _ in range(count)]
         self._busy = True
+        self._last_size = count
         self._requests.put(batch)
 
     def _completed(self, batch: list[Op[Any]]) -> None:
@@ -435,23 +462,28 @@ class ThreadWriter(Writer):
         if self._pending:
             self._schedule()
         else:
+            self._set_idle()
+
+    def _set_idle(self) -> None:
+        if self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     def _submit(self, op: Op[Any]) -> None:
         if self._thread is None or not self._thread.is_alive():
             raise QueueClosed("the queue is closed; nothing was written")
         self._pending.append(op)
-        if self._idle.is_set():
-            self._idle = anyio.Event()
         self._schedule()
 
     async def run(self, op: Op[T]) -> T:
         """Submit ``op`` to the next batch and wait for its commit."""
-        if self._closing:
+        loop = self._loop
+        if self._closing or loop is None:
             raise QueueClosed("the queue is closed; nothing was written")
+        op.waiter = waiter = loop.create_future()
         self._submit(op)
         try:
-            await op.done.wait()
+            await waiter
         except BaseException:
             op.abandon()
             raise
@@ -478,6 +510,8 @@ class ThreadWriter(Writer):
             return
         with anyio.CancelScope(shield=True):
             while self._busy or self._pending or self._scheduled:
+                if self._idle is None:
+                    self._idle = anyio.Event()
                 await self._idle.wait()
             self._requests.put(None)
             await anyio.to_thread.run_sync(thread.join)

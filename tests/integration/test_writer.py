@@ -116,3 +116,75 @@ async def test_a_cancelled_caller_s_write_completes_and_is_abandoned(engine: Eng
     finally:
         await writer.aclose()
     assert rows(engine) == [(1, "slow"), (2, "put")]
+
+
+async def test_a_lone_write_goes_to_the_thread_without_waiting_for_the_loop(
+    engine: Engine,
+) -> None:
+    """Once the last batch held one op, a write that finds nothing else pending is handed to
+    the thread at once: it runs even while the event loop is held up (no loop iterations are
+    spent gathering a batch that nobody would join)."""
+    writer = ThreadWriter(engine.connect, where=WHERE, is_busy=never_busy)
+    await writer.start(lambda _conn: None)
+    try:
+        assert await writer.run(insert(1)) == 1  # a batch of one
+        ran = threading.Event()
+
+        def marked(conn: Connection) -> int:
+            conn.exec_driver_sql("INSERT INTO t (n, kind) VALUES (2, 'lone')")
+            ran.set()
+            return 2
+
+        op: Op[int] = Op(marked)
+        writer.submit_nowait(op)
+        # Hold the loop (no await): only a write already handed to the thread can run now.
+        assert ran.wait(10), "the lone write waited for the event loop"
+        with anyio.fail_after(10):
+            await op.done.wait()
+        assert op.value() == 2
+    finally:
+        await writer.aclose()
+    assert rows(engine) == [(1, "put"), (2, "lone")]
+
+
+async def test_a_burst_after_a_lone_write_gathers_behind_its_first_op(engine: Engine) -> None:
+    """The first op of a burst goes alone, the others gather while it runs; after a batch of
+    more than one, the writer waits again for a batch to gather."""
+    sizes: list[int] = []
+    writer = ThreadWriter(
+        engine.connect,
+        where=WHERE,
+        is_busy=never_busy,
+        before_batch=lambda _conn, kinds: sizes.append(len(kinds)),
+    )
+    await writer.start(lambda _conn: None)
+    try:
+        await writer.run(insert(1))
+        await writer.run(insert(2))
+        assert sizes == [1, 1]
+
+        async def burst(first: int) -> None:
+            async with anyio.create_task_group() as tg:
+                for n in range(first, first + 10):
+                    tg.start_soon(writer.run, insert(n))
+
+        await burst(100)
+        assert sizes[2:] == [1, 9]
+        await burst(200)
+        assert sizes[4:] == [10]
+    finally:
+        await writer.aclose()
+    assert len(rows(engine)) == 22
+
+
+async def test_close_waits_for_the_writes_still_pending(engine: Engine) -> None:
+    writer = ThreadWriter(engine.connect, where=WHERE, is_busy=never_busy)
+    await writer.start(lambda _conn: None)
+    ops = [insert(n) for n in range(1, 6)]
+    for op in ops:
+        writer.submit_nowait(op)
+    await writer.aclose()
+    assert all(op.finished and op.error is None for op in ops)
+    assert len(rows(engine)) == 5
+    with pytest.raises(pq.QueueClosed):
+        await writer.run(insert(9))
