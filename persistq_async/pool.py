@@ -98,7 +98,8 @@ class Pool:
         )
         #: Called with the job and its last error after a job this pool ran died.
         self.on_dead: DeadHook | None = check_on_dead(on_dead)
-        #: Jobs this pool finished, whatever the outcome.
+        #: Jobs this pool finished, whatever the outcome; counted just after the outcome
+        #: commits, so a ``join()`` woken by that commit may return a moment before.
         self.processed: int = 0
         #: Jobs whose handler raised or timed out.
         self.failed: int = 0

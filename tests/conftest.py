@@ -15,11 +15,12 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -198,6 +199,18 @@ async def queue(backend_url: str, queue_name: str) -> AsyncIterator[pq.Queue]:
     """An open queue on each backend, with short leases and polls so tests stay fast."""
     async with open_queue(backend_url, queue_name) as q:
         yield q
+
+
+async def pool_counted(counted: Callable[[], bool]) -> None:
+    """Wait (up to 10 s) until ``counted()`` holds; the caller then asserts the counters.
+
+    A pool counts a delivery just after its outcome commits; ``join()`` in another task, woken
+    by that same commit, can return a moment before the count moves. Nothing signals the
+    count, so this polls.
+    """
+    with anyio.move_on_after(10):
+        while not counted():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
 
 
 def open_queue(url: str, name: str, **options: Any) -> pq.Queue:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import persistq_async as pq
+from tests.conftest import pool_counted
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,6 +69,7 @@ async def test_a_result_over_the_limit_fails_the_job_and_is_not_stored(
         async with pq.Supervisor(grace=5) as sup:
             pool = await sup.add(q, handler, concurrency=2)
             await q.join(timeout=20)
+            await pool_counted(lambda: pool.processed >= 2)
             assert (pool.processed, pool.failed) == (2, 1)
         failed = await q.job(big)
         assert failed is not None

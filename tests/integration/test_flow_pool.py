@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
-from tests.conftest import open_queue
+from tests.conftest import open_queue, pool_counted
 
 from ._support import Gauge, info, records
 
@@ -78,6 +78,7 @@ async def test_a_failing_on_dead_hook_is_logged_and_the_job_kept(
         await queue.put("the pool goes on", max_attempts=1)  # the hook did not stop the pool
         with anyio.fail_after(10):
             await queue.join()
+        await pool_counted(lambda: pool.processed >= 2)
         assert pool.processed == 2
     found = await info(queue, job_id)
     assert found.state is pq.JobState.DEAD

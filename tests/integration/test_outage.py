@@ -25,6 +25,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
+from tests.conftest import pool_counted
 
 from ._private_pg import PrivatePostgres, find_bindir
 
@@ -213,6 +214,7 @@ async def test_sqlite_writer_locked_out_past_busy_timeout_loses_and_repeats_noth
         assert waited >= held - 1, "the lock did not hold the writer out"
         assert locked_runs < jobs
         assert (stats.done, stats.queued, stats.running, stats.dead) == (jobs, 0, 0, 0)
+        await pool_counted(lambda: pool.processed >= jobs)
         assert pool.processed == jobs
         assert again == {}
         assert len(runs) == jobs

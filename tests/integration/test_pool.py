@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
-from tests.conftest import open_queue
+from tests.conftest import open_queue, pool_counted
 
 from ._support import Gauge, info, records, run_in_other_loop
 
@@ -49,6 +49,7 @@ async def test_concurrency_limit_holds_exactly_under_load(queue: pq.Queue) -> No
         assert stats.queued == total - concurrency
         gate.set()
         await queue.join(timeout=20)
+        await pool_counted(lambda: pool.processed >= total)
         assert pool.processed == total
         assert pool.failed == 0
         assert pool.active == 0
@@ -68,6 +69,7 @@ async def test_return_acks_and_stores_the_result(queue: pq.Queue) -> None:
     async with pq.Supervisor(grace=5) as sup:
         pool = await sup.add(queue, handler, concurrency=2, job_timeout=5)
         await queue.join(timeout=10)
+        await pool_counted(lambda: pool.processed >= 1)
         assert (pool.processed, pool.failed) == (1, 0)
 
     found = await info(queue, job_id)
@@ -89,6 +91,7 @@ async def test_raise_nacks_with_the_traceback_on_the_attempt(queue: pq.Queue) ->
         pool = await sup.add(queue, exploding_handler, concurrency=1, job_timeout=5)
         # backoff_base is 1 s by default: the retry waits about 0.5..1 s
         await queue.join(timeout=10)
+        await pool_counted(lambda: pool.processed >= 2)
         assert (pool.processed, pool.failed) == (2, 2)
 
     assert calls == [1, 2]
@@ -121,6 +124,7 @@ async def test_retry_with_a_delay_reruns_at_the_chosen_time(queue: pq.Queue) -> 
         with anyio.fail_after(5):
             await first_nacked.wait()
         await queue.join(timeout=10)
+        await pool_counted(lambda: pool.processed >= 2)
         assert (pool.processed, pool.failed) == (2, 0)  # a retry request is not a failure
 
     assert len(started) == 2
@@ -161,6 +165,7 @@ async def test_reject_dead_letters_at_once(queue: pq.Queue) -> None:
     async with pq.Supervisor(grace=5) as sup:
         pool = await sup.add(queue, handler, concurrency=1)
         await queue.join(timeout=10)
+        await pool_counted(lambda: pool.processed >= 1)
         assert (pool.processed, pool.failed) == (1, 1)
 
     found = await info(queue, job_id)
@@ -189,6 +194,7 @@ async def test_hung_handler_is_cancelled_retried_then_dead(
         async with pq.Supervisor(grace=5) as sup:
             pool = await sup.add(q, handler, concurrency=1, job_timeout=0.2)
             await q.join(timeout=10)
+            await pool_counted(lambda: pool.processed >= 3)
             assert (pool.processed, pool.failed) == (3, 3)
         elapsed = anyio.current_time() - start
 
@@ -423,6 +429,7 @@ async def test_a_job_delivered_again_while_its_last_delivery_is_still_running(
         first_finished.set()
         await queue.join(timeout=10)
     # Leaving the supervisor raised nothing: the pool did not crash.
+    await pool_counted(lambda: pool.processed >= 2)
     assert pool.processed == 2
     assert not pool.executions
     found = await info(queue, job_id)

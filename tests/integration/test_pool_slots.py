@@ -14,7 +14,7 @@ import pytest
 
 import persistq_async as pq
 from persistq_async.pool import Execution, Pool, StopReason
-from tests.conftest import open_queue
+from tests.conftest import open_queue, pool_counted
 
 from ._support import Gauge, info
 
@@ -44,6 +44,7 @@ async def test_deliveries_run_on_long_lived_slots(backend_url: str, queue_name: 
             pool = await sup.add(q, handler, concurrency=3)
             await q.join(timeout=20)
             assert len(slot_tasks(pool)) == 3
+        await pool_counted(lambda: pool.processed >= 40)
         assert pool.processed == 40
         assert pool.failed == 0
     assert 1 <= len(tasks) <= 3
@@ -85,6 +86,7 @@ async def test_resize_starts_and_retires_slots(backend_url: str, queue_name: str
             await q.put_many([{"n": i} for i in range(3)])
             await q.join(timeout=10)
             assert gauge.peak == 1
+            await pool_counted(lambda: pool.processed >= 7)
             assert pool.processed == 7
         assert slot_tasks(pool) == []
 

@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import persistq_async as pq
+from tests.conftest import pool_counted
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(90)]
 
@@ -52,6 +53,7 @@ async def test_pool_survives_every_connection_being_killed(pg_url: str, queue_na
                         await anyio.sleep(0.2)
                     await q.join()
                 assert kills >= 3
+                await pool_counted(lambda: pool.processed >= JOBS)
                 assert pool.processed >= JOBS
             stats = await q.stats()
             assert (stats.done, stats.queued, stats.running, stats.dead) == (JOBS, 0, 0, 0)

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
-from tests.conftest import open_queue
+from tests.conftest import open_queue, pool_counted
 
 from ._support import Gauge, info, records
 
@@ -51,6 +51,7 @@ async def test_a_crashed_claim_loop_is_restarted_and_logged(
             pool = await sup.add(q, ok, concurrency=2)
             await q.join(timeout=10)
             assert pool.restarts == 3
+            await pool_counted(lambda: pool.processed >= 5)
             assert pool.processed == 5
             # still claiming after the restarts
             later = await q.put({"n": 99})
@@ -162,6 +163,7 @@ async def test_pool_crud_add_read_resize_remove(queue: pq.Queue) -> None:
         gate.set()
         await queue.join(timeout=10)
         assert gauge.peak <= 5
+        await pool_counted(lambda: pool.processed >= 12)
         assert pool.processed == 12
         assert pool.failed == 0
         # delete
@@ -200,6 +202,7 @@ async def test_resize_down_holds_the_new_limit_once_handlers_finish(queue: pq.Qu
         await queue.join(timeout=10)
     # Jobs started after the resize never ran alongside more than 2 - counting those still
     # draining from before it only while they had not yet finished.
+    await pool_counted(lambda: pool.processed >= 10)
     assert pool.processed == 10
     assert after_resize
     assert max(after_resize) <= 4
@@ -285,6 +288,9 @@ async def test_several_pools_on_several_queues(
                 await qa.join()
                 await qb.join()
                 await qc.join()
+            await pool_counted(
+                lambda: pa.processed >= 5 and pb.processed >= 7 and pc.processed >= 3
+            )
             assert (pa.processed, pb.processed, pc.processed) == (5, 7, 3)
         for q, count in ((qa, 5), (qb, 7), (qc, 3)):
             stats = await q.stats()
