@@ -155,8 +155,11 @@ def build_scenarios(sizes: Sizes) -> list[Scenario]:
             if d == "full"
             else ()
         )
+        # Issue 11's targets: at "full" group commit must keep the queue ahead of raw
+        # single-row SQL; at "normal", where the fsync is cheap, the per-job Python shows.
+        full = d == "full"
         insert = Comparison(f"sqlite3.insert.{d}", "sqlite3 insert")
-        cycle = Comparison(f"sqlite3.cycle.{d}", "sqlite3 cycle", 1.0)
+        cycle = Comparison(f"sqlite3.cycle.{d}", "sqlite3 cycle", 1.5 if full else 0.6)
         out += [
             Scenario(
                 key=f"persistq.put.sequential.{d}",
@@ -176,7 +179,10 @@ def build_scenarios(sizes: Sizes) -> list[Scenario]:
                 label="put, 100 producers",
                 durability=d,
                 run=scenarios.put_concurrent(d),
-                compare=(Comparison(insert.baseline, insert.label, 1.0), *put_peers),
+                compare=(
+                    Comparison(insert.baseline, insert.label, 2.0 if full else 1.0),
+                    *put_peers,
+                ),
             ),
             Scenario(
                 key=f"persistq.put_many.{d}",
@@ -184,7 +190,7 @@ def build_scenarios(sizes: Sizes) -> list[Scenario]:
                 label="put_many, batches of 1000",
                 durability=d,
                 run=scenarios.put_many(d),
-                compare=(Comparison(f"sqlite3.executemany.{d}", "sqlite3 executemany", 0.5),),
+                compare=(Comparison(f"sqlite3.executemany.{d}", "sqlite3 executemany", 0.3),),
             ),
             Scenario(
                 key=f"persistq.cycle.sequential.{d}",
@@ -192,7 +198,10 @@ def build_scenarios(sizes: Sizes) -> list[Scenario]:
                 label="get_nowait+ack, 1 consumer",
                 durability=d,
                 run=scenarios.cycle_sequential(d),
-                compare=(untargeted(cycle), *map(untargeted, cycle_peers)),
+                compare=(
+                    untargeted(cycle) if full else Comparison(cycle.baseline, cycle.label, 0.25),
+                    *map(untargeted, cycle_peers),
+                ),
             ),
             Scenario(
                 key=f"persistq.cycle.concurrent.{d}",
@@ -218,7 +227,7 @@ def build_scenarios(sizes: Sizes) -> list[Scenario]:
                 durability=d,
                 run=pool_scenarios.latency_local(d),
                 metric="latency",
-                limits=(Limit("p50_ms", 2.0, "p50 ms"), Limit("p99_ms", 20.0, "p99 ms")),
+                limits=(Limit("p50_ms", 1.0, "p50 ms"), Limit("p99_ms", 20.0, "p99 ms")),
                 show=(("max_ms", "max {:.1f} ms"),),
             ),
             Scenario(
