@@ -114,7 +114,8 @@ async def budget(url: str | None, what: str, jobs: int, concurrency: int) -> Non
     cpu = statistics.median(r[0] for r in runs)
     loop = statistics.median(r[1] for r in runs)
     shares: collections.Counter[str] = collections.Counter()
-    stats: Any = pstats.Stats(profile).stats  # {(file, line, function): (cc, nc, tt, ct, ...)}
+    # {(file, line, function): (cc, nc, own time, cumulative time, callers)}
+    stats: Any = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     for (filename, _line, function), (_cc, _nc, own, _cum, _callers) in stats.items():
         shares[component(filename, function)] += own
     shares.pop("wait", None)
