@@ -201,7 +201,10 @@ class DirectWriter(Writer):
         finally:
             for op in batch:
                 if not op.finished:  # the leader was interrupted mid-batch
-                    op.error = DatabaseError("the write was interrupted; it was not applied")
+                    # A statement in autocommit, or a COMMIT, may have reached the server.
+                    op.error = DatabaseError(
+                        "the write was interrupted; it may or may not have been applied"
+                    )
                     self._suspect = True
             self._leading = False
             self._finish(batch)
