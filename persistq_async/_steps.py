@@ -50,18 +50,11 @@ def timed_steps(
                 thrown, error = error, None
                 yielded = coro.throw(thrown)
         except StopIteration as stop:
-            elapsed = clock() - start
-            if elapsed > threshold:
-                on_slow(subject, elapsed)
             return stop.value  # type: ignore[no-any-return]
-        except BaseException:
+        finally:  # the step ended: returned, raised, or yielded to the loop
             elapsed = clock() - start
             if elapsed > threshold:
                 on_slow(subject, elapsed)
-            raise
-        elapsed = clock() - start
-        if elapsed > threshold:
-            on_slow(subject, elapsed)
         try:
             value = yield yielded
         except GeneratorExit:

@@ -7,13 +7,12 @@ on backends without native writes, it is :func:`.transactions.claim` in a transa
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from . import flow
 from . import transactions as tx
-from .records import ClaimResult, JobRecord
+from .records import ClaimResult, JobRecord, new_lease_token
 from .writer import BulkOp
 
 __all__ = ["ClaimOp"]
@@ -61,7 +60,7 @@ class ClaimOp(BulkOp[ClaimResult]):
             queue=self.queue,
             limit=self.limit,
             now=now,
-            token=uuid.uuid4().hex,
+            token=new_lease_token(),
             expires=now + self.lease_seconds,
         )
         if found is None:

@@ -9,7 +9,6 @@ as one statement (:class:`PutOp`, :class:`AckOp`) are defined here too, with typ
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import flow
 from . import statements as st
-from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row
+from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row, new_lease_token
 from .writer import BulkOp
 
 __all__ = [
@@ -179,8 +178,7 @@ def claim(
         "p_queue": queue,
         "p_now": now,
         "p_limit": limit,
-        # 128 random bits as 32 hex digits, as uuid4().hex gives, without building a UUID
-        "p_token": os.urandom(16).hex(),
+        "p_token": new_lease_token(),
         "p_expires": now + lease_seconds,
     }
     gate = flow.admit(conn, ctx.backend, queue, limit, now)
