@@ -15,20 +15,44 @@ would, and a connection the driver reports as lost is invalidated, so the pool r
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any
 
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
-__all__ = ["Prepared"]
+__all__ = ["MAX_IN", "Prepared", "insert_text"]
+
+#: The longest list :meth:`Prepared.rows_in` takes (SQLite before 3.32 allows 999 parameters).
+MAX_IN = 512
 
 
-class _Compiled(NamedTuple):
-    sql: str
-    names: tuple[str, ...]
-    defaults: dict[str, Any]
+class _Compiled:
+    """One statement compiled for one dialect (and one length of its expanding list)."""
+
+    __slots__ = ("defaults", "merge", "names", "sql", "take")
+
+    def __init__(self, sql: str, names: tuple[str, ...], defaults: dict[str, Any]) -> None:
+        self.sql = sql
+        self.names = names
+        self.defaults = defaults
+        #: The parameters in order, taken from a mapping that holds every name (in C, not a
+        #: generator per call: the ack of a batch builds a tuple per row).
+        self.take = _taker(names)
+        #: Whether callers leave some parameters to their defaults (the literal values of a
+        #: statement's ``values()``), learnt at the first call that does.
+        self.merge = False
+
+
+def _taker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if not names:
+        return lambda _params: ()
+    if len(names) == 1:
+        (name,) = names
+        return lambda params: (params[name],)
+    return itemgetter(*names)  # type: ignore[return-value]
 
 
 class Prepared:
@@ -37,10 +61,13 @@ class Prepared:
     :param statement: the statement; every parameter is a named bind (no expanding ``IN``).
     """
 
-    __slots__ = ("_by_dialect", "_row", "columns", "statement")
+    __slots__ = ("_by_dialect", "_expanding", "_row", "columns", "statement")
 
-    def __init__(self, statement: ClauseElement) -> None:
+    def __init__(self, statement: ClauseElement, *, expanding: str | None = None) -> None:
         self.statement = statement
+        #: The one expanding ``IN`` parameter, if any: compiled once per dialect and length
+        #: of its list (see :meth:`rows_in`).
+        self._expanding = expanding
         #: The names of the result's columns, in order (empty for a statement without rows).
         self.columns: tuple[str, ...] = tuple(
             c.key for c in getattr(statement, "exported_columns", ())
@@ -49,27 +76,58 @@ class Prepared:
         # Rows with attribute access by column name, as SQLAlchemy's Row has.
         self._row: Any = namedtuple("Row", self.columns or ("value",), rename=True)  # type: ignore[misc]
 
-    def _compiled(self, dialect: Dialect) -> _Compiled:
-        key = f"{dialect.name}+{dialect.driver}"
+    def _compiled(self, dialect: Dialect, length: int = 0) -> _Compiled:
+        key = f"{dialect.name}+{dialect.driver}+{length}"
         found = self._by_dialect.get(key)
         if found is None:
             if not dialect.positional:
                 raise NotImplementedError(f"{key}: a prepared statement needs positional binds")
             compiled = self.statement.compile(dialect=dialect)
             # Positional paramstyles (qmark, numeric_dollar) give the order of the parameters.
-            names = tuple(getattr(compiled, "positiontup", None) or ())
-            found = _Compiled(compiled.string, names, dict(compiled.params))
+            sql, names = compiled.string, tuple(getattr(compiled, "positiontup", None) or ())
+            defaults = dict(compiled.params)
+            if self._expanding is not None:
+                # Rendered for a list of this length: p_ids_1, p_ids_2, ... in its place.
+                state = compiled.construct_expanded_state({self._expanding: list(range(length))})
+                sql, names = state.statement, tuple(state.positiontup or ())
+                defaults = dict(state.parameters)
+            found = _Compiled(sql, names, defaults)
             self._by_dialect[key] = found
         return found
 
     def _args(self, compiled: _Compiled, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        defaults = compiled.defaults
-        return tuple(params[n] if n in params else defaults[n] for n in compiled.names)
+        if compiled.merge:
+            return compiled.take({**compiled.defaults, **params})
+        try:
+            return compiled.take(params)
+        except KeyError:
+            compiled.merge = True
+            return compiled.take({**compiled.defaults, **params})
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         """Execute and fetch every row as a named tuple (none for a statement without rows)."""
         compiled = self._compiled(conn.dialect)
-        args = self._args(compiled, params)
+        return self._fetch(conn, compiled, self._args(compiled, params))
+
+    def rows_in(
+        self, conn: Connection, values: Sequence[Any], params: Mapping[str, Any] | None = None
+    ) -> list[Any]:
+        """:meth:`rows` for a statement built with ``expanding``: ``values`` is its list (1 to
+        :data:`MAX_IN` values); ``params`` the other parameters.
+
+        The list is padded with its first value to the next power of two, so that a handful
+        of compiled forms serve every length (an ``IN`` list ignores repeats)."""
+        if self._expanding is None or not 0 < len(values) <= MAX_IN:
+            raise ValueError(f"rows_in needs an expanding statement and 1 to {MAX_IN} values")
+        length = 1 << (len(values) - 1).bit_length()
+        compiled = self._compiled(conn.dialect, length)
+        given = dict(params or {})
+        name = self._expanding
+        padded = [*values, *[values[0]] * (length - len(values))]
+        given.update({f"{name}_{n}": v for n, v in enumerate(padded, 1)})
+        return self._fetch(conn, compiled, self._args(compiled, given))
+
+    def _fetch(self, conn: Connection, compiled: _Compiled, args: tuple[Any, ...]) -> list[Any]:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(compiled.sql, args)
@@ -104,6 +162,21 @@ class Prepared:
             raise _wrapped(conn, compiled.sql, args, exc, cursor) from exc
         finally:
             cursor.close()
+
+
+def insert_text(conn: Connection, sql: str, args: Sequence[Any]) -> int | None:
+    """Run an ``INSERT`` given as the driver's SQL text on the connection's DBAPI cursor, as
+    :class:`Prepared` runs a statement; the last row id the driver reports (SQLite's
+    ``lastrowid``), or None."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, args)
+        last = cursor.lastrowid
+        return None if last is None else int(last)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sql, args, exc, cursor) from exc
+    finally:
+        cursor.close()
 
 
 def _wrapped(conn: Connection, sql: str, args: Sequence[Any], exc: Any, cursor: Any) -> DBAPIError:

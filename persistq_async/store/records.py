@@ -23,6 +23,10 @@ __all__ = [
 ]
 
 
+# A state's enum member by its stored value: a dict lookup where JobState(value) is a call.
+_STATES: dict[str, JobState] = {state.value: state for state in JobState}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewJob:
     """One job to insert: the payload already encoded.
@@ -71,6 +75,34 @@ class JobRecord:
     def from_row(cls, row: Row[Any]) -> JobRecord:
         """Build from a row selected or returned with every column of ``jobs``."""
         return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_fields(cls, r: Any) -> JobRecord:
+        """Build from a row with every column of ``jobs`` as an attribute (a
+        :class:`~persistq_async.backends.prepared.Prepared` statement's row): the claim's
+        rows, without a mapping built per row."""
+        payload, result = r.payload, r.result
+        return cls(
+            id=r.id,
+            queue=r.queue,
+            state=_STATES.get(r.state) or JobState(r.state),
+            payload=payload if type(payload) is bytes else bytes(payload),
+            priority=r.priority,
+            attempts=r.attempts,
+            max_attempts=r.max_attempts,
+            run_at=r.run_at,
+            enqueued_at=r.enqueued_at,
+            created_at=r.created_at,
+            lease_token=r.lease_token,
+            lease_expires_at=r.lease_expires_at,
+            started_at=r.started_at,
+            dedupe_key=r.dedupe_key,
+            last_error=r.last_error,
+            result=result if result is None or type(result) is bytes else bytes(result),
+            finished_at=r.finished_at,
+            tags=r.tags,
+            headers=r.headers,
+        )
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> JobRecord:

@@ -114,8 +114,9 @@ NEXT_DUE = select(
 )
 JOB_STATE = select(jobs.c.state).where(jobs.c.id == bindparam("p_job_id", type_=jobs.c.id.type))
 
-# The hot ones, run on the driver's cursor (see .prepared). LEASES stays Core: its IN list
-# expands with the number of ids.
+# The hot ones, run on the driver's cursor (see .prepared); LEASES compiled per length of its
+# IN list.
+LEASES_P = Prepared(LEASES, expanding="p_ids")
 ACK_P = Prepared(ACK)
 ACK_MANY_P = Prepared(ACK_MANY)
 NACK_P = Prepared(NACK)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .._types import FINISHED_STATES, JobState
 from ..backends import Backend
-from ..backends.prepared import Prepared
+from ..backends.prepared import MAX_IN, Prepared
 from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import flow
@@ -187,7 +187,7 @@ def claim(
     if gate is None or gate.limit > 0:
         params["p_limit"] = limit if gate is None else gate.limit
         rows = ctx.claim_statement.rows(conn, params)
-        records = [JobRecord.from_mapping(r._asdict()) for r in rows]
+        records = [JobRecord.from_fields(r) for r in rows]
         records.sort(key=lambda r: (-r.priority, r.id))
         flow.consumed(conn, queue, gate, len(records))
     next_due = None
@@ -371,7 +371,9 @@ class AckOp(BulkOp[str | None]):
             return False  # the same job twice: the second must report the first's outcome
         # The write lock is held from here to the commit: what this select sees, the updates
         # find. Checking first costs one statement where a savepoint around them cost two.
-        leased = dict(conn.execute(st.LEASES, {"p_ids": ids}).all())
+        leased: dict[int, str | None] = {}
+        for start in range(0, len(ids), MAX_IN):
+            leased.update(st.LEASES_P.rows_in(conn, ids[start : start + MAX_IN]))
         if any(leased.get(op.delivery.job_id) != op.delivery.token for op in ops):
             return False
         ctx = ops[0].ctx
