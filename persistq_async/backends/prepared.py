@@ -22,10 +22,13 @@ from typing import Any
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["MAX_IN", "Prepared", "insert_text"]
 
-#: The longest list :meth:`Prepared.rows_in` takes (SQLite before 3.32 allows 999 parameters).
+#: The longest list :meth:`Prepared.rows_in` takes, and the most rows the store writes with one
+#: statement of this kind: a few thousand parameters, far below SQLite's 32,766 (the RETURNING
+#: the store relies on needs 3.35) and asyncpg's 32,767.
 MAX_IN = 512
 
 
@@ -52,7 +55,7 @@ def _taker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, .
     if len(names) == 1:
         (name,) = names
         return lambda params: (params[name],)
-    return itemgetter(*names)  # type: ignore[return-value]
+    return itemgetter(*names)
 
 
 class Prepared:
@@ -87,8 +90,10 @@ class Prepared:
             sql, names = compiled.string, tuple(getattr(compiled, "positiontup", None) or ())
             defaults = dict(compiled.params)
             if self._expanding is not None:
+                assert isinstance(compiled, SQLCompiler)  # a DML or select statement's
                 # Rendered for a list of this length: p_ids_1, p_ids_2, ... in its place.
-                state = compiled.construct_expanded_state({self._expanding: list(range(length))})
+                given = {**defaults, self._expanding: list(range(length))}
+                state = compiled.construct_expanded_state(given)
                 sql, names = state.statement, tuple(state.positiontup or ())
                 defaults = dict(state.parameters)
             found = _Compiled(sql, names, defaults)
@@ -126,6 +131,20 @@ class Prepared:
         padded = [*values, *[values[0]] * (length - len(values))]
         given.update({f"{name}_{n}": v for n, v in enumerate(padded, 1)})
         return self._fetch(conn, compiled, self._args(compiled, given))
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Execute a statement without rows; the rows it affected (-1 when the driver cannot
+        tell)."""
+        compiled = self._compiled(conn.dialect)
+        args = self._args(compiled, params)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, args)
+            return int(cursor.rowcount)
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(conn, compiled.sql, args, exc, cursor) from exc
+        finally:
+            cursor.close()
 
     def _fetch(self, conn: Connection, compiled: _Compiled, args: tuple[Any, ...]) -> list[Any]:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]

@@ -14,6 +14,7 @@ from .._types import JobState
 __all__ = [
     "AttemptRecord",
     "ClaimResult",
+    "Delivery",
     "JobRecord",
     "NewJob",
     "Rescued",
@@ -139,6 +140,18 @@ class AttemptRecord:
     finished_at: float | None
     outcome: str | None
     error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """What an ack of one delivery needs to be written together with others."""
+
+    job_id: int
+    token: str
+    queue: str
+    attempt: int
+    started_at: float
+    ready_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,9 +6,20 @@ are named ``p_*`` so that a statement's inputs stand out from its columns.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Integer, bindparam, case, func, insert, literal_column, select, update
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 
 from .._types import JobState
 from ..backends.prepared import Prepared
@@ -130,6 +141,52 @@ ATTEMPT_OUTCOMES_P = Prepared(ATTEMPT_OUTCOMES)
 EXPIRED_P = Prepared(EXPIRED)
 NEXT_DUE_P = Prepared(NEXT_DUE)
 JOB_STATE_P = Prepared(JOB_STATE)
+_ATTEMPT_COLUMNS = tuple(c for c in attempts.c if c.key != "id")
+
+
+@functools.lru_cache(maxsize=16)
+def ack_all(length: int) -> Prepared:
+    """Mark ``length`` running jobs done, each fenced by its own lease token, as one statement:
+    the ids are ``p_id_1`` ... and the tokens ``p_token_1`` ...; ``p_result`` and ``p_now``.
+
+    SQLite runs one ``UPDATE ... WHERE id IN (...)`` at about half the cost per row of the same
+    update once per row (executemany); the id list finds the rows by primary key, the pairs
+    check each row's token. Built per power of two (:func:`padded_length`): a list padded
+    with its first job names that job twice, which an ``IN`` ignores."""
+    ids = [bindparam(f"p_id_{n}", type_=jobs.c.id.type) for n in range(1, length + 1)]
+    tokens = [
+        bindparam(f"p_token_{n}", type_=jobs.c.lease_token.type) for n in range(1, length + 1)
+    ]
+    pairs = [tuple_(job_id, token) for job_id, token in zip(ids, tokens, strict=True)]
+    return Prepared(
+        update(jobs)
+        .where(jobs.c.id.in_(ids), tuple_(jobs.c.id, jobs.c.lease_token).in_(pairs), RUNNING)
+        .values(
+            state=JobState.DONE.value,
+            result=bindparam("p_result", type_=jobs.c.result.type),
+            finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
+            **CLEARED,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def insert_attempts(length: int) -> Prepared:
+    """Insert ``length`` attempt rows as one multi-row ``INSERT``; row ``n``'s values are named
+    ``<column>_<n>`` (from 0)."""
+    return Prepared(
+        insert(attempts).values(
+            [
+                {c.key: bindparam(f"{c.key}_{n}", type_=c.type) for c in _ATTEMPT_COLUMNS}
+                for n in range(length)
+            ]
+        )
+    )
+
+
+def padded_length(length: int) -> int:
+    """The power of two at or above ``length``: the sizes :func:`ack_all` is built in."""
+    return 1 << (length - 1).bit_length()
 
 
 def claim_statement(backend: Backend) -> Prepared:

@@ -19,12 +19,21 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .._types import FINISHED_STATES, JobState
 from ..backends import Backend
-from ..backends.prepared import MAX_IN, Prepared
-from ..errors import DatabaseError, JobNotFound, JobStateError, LeaseLost
+from ..backends.prepared import Prepared
+from ..errors import JobNotFound, JobStateError, LeaseLost
 from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
 from . import flow
 from . import statements as st
-from .records import ClaimResult, JobRecord, NewJob, Rescued, attempt_row, new_lease_token
+from .acks import leases, write_acks
+from .records import (
+    ClaimResult,
+    Delivery,
+    JobRecord,
+    NewJob,
+    Rescued,
+    attempt_row,
+    new_lease_token,
+)
 from .writer import BulkOp
 
 __all__ = [
@@ -329,20 +338,9 @@ def ack(
     return None if row is None else str(row.queue)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Delivery:
-    """What an ack of one delivery needs to be written together with others."""
-
-    job_id: int
-    token: str
-    queue: str
-    attempt: int
-    started_at: float
-    ready_at: float | None = None
-
-
 class AckOp(BulkOp[str | None]):
-    """An ack that may be written with the other acks of its batch as two statements."""
+    """An ack that may be written with the other acks of its batch: one select of their
+    leases, one update, one insert of their attempt rows."""
 
     __slots__ = ("ctx", "delivery", "result_data")
 
@@ -364,53 +362,20 @@ class AckOp(BulkOp[str | None]):
 
     @classmethod
     def run_together(cls, conn: Connection, ops: list[AckOp]) -> bool:
-        """One select and two executemany statements; False (nothing written) when any of
-        them is not plainly running under its token, so they go one by one and report why."""
+        """One select, one update and one insert (per :data:`MAX_IN` acks); False (nothing
+        written) when any of them is not plainly running under its token, so they go one by one
+        and report why."""
         ids = [op.delivery.job_id for op in ops]
         if len(set(ids)) != len(ids):
             return False  # the same job twice: the second must report the first's outcome
         # The write lock is held from here to the commit: what this select sees, the updates
         # find. Checking first costs one statement where a savepoint around them cost two.
-        leased: dict[int, str | None] = {}
-        for start in range(0, len(ids), MAX_IN):
-            leased.update(st.LEASES_P.rows_in(conn, ids[start : start + MAX_IN]))
+        leased = leases(conn, ids)
         if any(leased.get(op.delivery.job_id) != op.delivery.token for op in ops):
             return False
         ctx = ops[0].ctx
         now = ctx.clock()
-        updated = st.ACK_MANY_P.run_many(
-            conn,
-            [
-                {
-                    "p_job_id": op.delivery.job_id,
-                    "p_token": op.delivery.token,
-                    "p_result": op.result_data,
-                    "p_now": now,
-                }
-                for op in ops
-            ],
-        )
-        if conn.dialect.supports_sane_multi_rowcount and updated != len(ops):
-            # Cannot happen under the write lock; fail the batch (rolled back) rather than guess.
-            raise DatabaseError(
-                f"writing failed on {ctx.where}: {updated} of {len(ops)} acks applied"
-            )
-        st.INSERT_ATTEMPT_P.run_many(
-            conn,
-            [
-                attempt_row(
-                    job_id=op.delivery.job_id,
-                    attempt=op.delivery.attempt,
-                    token=op.delivery.token,
-                    started_at=op.delivery.started_at,
-                    now=now,
-                    outcome="acked",
-                    error=None,
-                    ready_at=op.delivery.ready_at,
-                )
-                for op in ops
-            ],
-        )
+        write_acks(conn, ctx.where, [(op.delivery, op.result_data) for op in ops], now)
         for op in ops:
             op.result = op.delivery.queue
         return True
