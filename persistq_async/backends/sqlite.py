@@ -33,6 +33,8 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -421,7 +423,7 @@ class SQLiteBackend(Backend):
         ids: list[int] = []
         for first in range(0, len(rows), GROUPED_PUT_ROWS):
             chunk = rows[first : first + GROUPED_PUT_ROWS]
-            params = tuple(row[column] for row in chunk for column in columns)
+            params = tuple(chain.from_iterable(map(itemgetter(*columns), chunk)))
             last = insert_text(conn, _multi_insert_sql(columns, len(chunk)), params)
             if last is None:  # pragma: no cover - sqlite3 always reports the last rowid
                 raise DatabaseError(f"writing failed on {self.describe()}: no id for an insert")

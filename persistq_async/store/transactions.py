@@ -77,15 +77,19 @@ class Context:
 # ---------------------------------------------------------------------- puts
 
 
+_QUEUED = JobState.QUEUED.value  # the enum's value property costs a call per row
+
+
 def _job_row(queue: str, job: NewJob, now: float) -> dict[str, Any]:
+    run_at = job.run_at
     return {
         "queue": queue,
-        "state": JobState.QUEUED.value,
+        "state": _QUEUED,
         "payload": job.payload,
         "priority": job.priority,
         "attempts": 0,
         "max_attempts": job.max_attempts,
-        "run_at": job.run_at if job.keep_run_at else max(job.run_at, now),
+        "run_at": run_at if job.keep_run_at or run_at > now else now,
         "enqueued_at": now,
         "created_at": now,
         "dedupe_key": job.dedupe_key,
