@@ -11,6 +11,7 @@ row (executemany), and each statement is one call into the driver.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -21,6 +22,9 @@ from . import statements as st
 from .records import Delivery, attempt_row
 
 __all__ = ["leases", "write_acks"]
+
+# An attempt row's values in the order of st.attempt_names.
+_ATTEMPT_VALUES = itemgetter(*st.ATTEMPT_KEYS)
 
 
 def leases(conn: Connection, ids: Sequence[int]) -> dict[int, str | None]:
@@ -78,5 +82,5 @@ def _insert_attempts(conn: Connection, deliveries: list[Delivery], now: float) -
             error=None,
             ready_at=delivery.ready_at,
         )
-        params.update({f"{key}_{n}": value for key, value in row.items()})
+        params.update(zip(st.attempt_names(n), _ATTEMPT_VALUES(row), strict=True))
     st.insert_attempts(len(deliveries)).run(conn, params)

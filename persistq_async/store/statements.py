@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 
 from .._types import JobState
-from ..backends.prepared import Prepared
+from ..backends.prepared import MAX_IN, Prepared
 from ..schema import QUEUED, RUNNING, attempts, jobs
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ EXPIRED_P = Prepared(EXPIRED)
 NEXT_DUE_P = Prepared(NEXT_DUE)
 JOB_STATE_P = Prepared(JOB_STATE)
 _ATTEMPT_COLUMNS = tuple(c for c in attempts.c if c.key != "id")
+#: The columns an attempt row gives (see records.attempt_row), in the table's order.
+ATTEMPT_KEYS = tuple(c.key for c in _ATTEMPT_COLUMNS)
 
 
 @functools.lru_cache(maxsize=16)
@@ -177,11 +179,21 @@ def insert_attempts(length: int) -> Prepared:
     return Prepared(
         insert(attempts).values(
             [
-                {c.key: bindparam(f"{c.key}_{n}", type_=c.type) for c in _ATTEMPT_COLUMNS}
+                {
+                    c: bindparam(name, type_=c.type)
+                    for c, name in zip(_ATTEMPT_COLUMNS, attempt_names(n), strict=True)
+                }
                 for n in range(length)
             ]
         )
     )
+
+
+@functools.lru_cache(maxsize=MAX_IN)
+def attempt_names(n: int) -> tuple[str, ...]:
+    """The parameter names of row ``n`` (from 0) of :func:`insert_attempts`, in the order of
+    :data:`ATTEMPT_KEYS`."""
+    return tuple(f"{key}_{n}" for key in ATTEMPT_KEYS)
 
 
 def padded_length(length: int) -> int:
