@@ -61,10 +61,12 @@ def _taker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, .
 class Prepared:
     """A Core statement, executable on a ``Connection``'s DBAPI cursor.
 
-    :param statement: the statement; every parameter is a named bind (no expanding ``IN``).
+    :param statement: the statement; every parameter is a named bind.
+    :param expanding: the name of its one expanding ``IN`` parameter, if it has one (then run
+        it with :meth:`rows_in`).
     """
 
-    __slots__ = ("_by_dialect", "_expanding", "_row", "columns", "statement")
+    __slots__ = ("_by_dialect", "_expanding", "_last", "_row", "columns", "statement")
 
     def __init__(self, statement: ClauseElement, *, expanding: str | None = None) -> None:
         self.statement = statement
@@ -76,10 +78,16 @@ class Prepared:
             c.key for c in getattr(statement, "exported_columns", ())
         )
         self._by_dialect: dict[str, _Compiled] = {}
+        # The last dialect and length asked for, and its form: the key below is a string built
+        # per call, and a process mostly runs a statement on one dialect.
+        self._last: tuple[Dialect, int, _Compiled] | None = None
         # Rows with attribute access by column name, as SQLAlchemy's Row has.
         self._row: Any = namedtuple("Row", self.columns or ("value",), rename=True)  # type: ignore[misc]
 
     def _compiled(self, dialect: Dialect, length: int = 0) -> _Compiled:
+        last = self._last
+        if last is not None and last[0] is dialect and last[1] == length:
+            return last[2]
         key = f"{dialect.name}+{dialect.driver}+{length}"
         found = self._by_dialect.get(key)
         if found is None:
@@ -98,6 +106,7 @@ class Prepared:
                 defaults = dict(state.parameters)
             found = _Compiled(sql, names, defaults)
             self._by_dialect[key] = found
+        self._last = (dialect, length, found)
         return found
 
     def _args(self, compiled: _Compiled, params: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -113,6 +122,11 @@ class Prepared:
         """Execute and fetch every row as a named tuple (none for a statement without rows)."""
         compiled = self._compiled(conn.dialect)
         return self._fetch(conn, compiled, self._args(compiled, params))
+
+    def tuples(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """:meth:`rows` as the driver's plain tuples, in the order of :attr:`columns`."""
+        compiled = self._compiled(conn.dialect)
+        return self._fetch(conn, compiled, self._args(compiled, params), plain=True)
 
     def rows_in(
         self, conn: Connection, values: Sequence[Any], params: Mapping[str, Any] | None = None
@@ -146,12 +160,16 @@ class Prepared:
         finally:
             cursor.close()
 
-    def _fetch(self, conn: Connection, compiled: _Compiled, args: tuple[Any, ...]) -> list[Any]:
+    def _fetch(
+        self, conn: Connection, compiled: _Compiled, args: tuple[Any, ...], *, plain: bool = False
+    ) -> list[Any]:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(compiled.sql, args)
             if cursor.description is None:
                 return []
+            if plain:
+                return [tuple(row) for row in cursor.fetchall()]
             make = self._row._make
             return [make(row) for row in cursor.fetchall()]
         except conn.dialect.loaded_dbapi.Error as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Row
@@ -21,9 +23,32 @@ __all__ = [
     "attempt_row",
     "history",
     "new_lease_token",
+    "record_maker",
 ]
 
 
+# The fields of JobRecord in the order record_maker unpacks them.
+_RECORD_FIELDS = (
+    "id",
+    "queue",
+    "state",
+    "payload",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "run_at",
+    "enqueued_at",
+    "created_at",
+    "lease_token",
+    "lease_expires_at",
+    "started_at",
+    "dedupe_key",
+    "last_error",
+    "result",
+    "finished_at",
+    "tags",
+    "headers",
+)
 # A state's enum member by its stored value: a dict lookup where JobState(value) is a call.
 _STATES: dict[str, JobState] = {state.value: state for state in JobState}
 
@@ -76,34 +101,6 @@ class JobRecord:
     def from_row(cls, row: Row[Any]) -> JobRecord:
         """Build from a row selected or returned with every column of ``jobs``."""
         return cls.from_mapping(row._mapping)
-
-    @classmethod
-    def from_fields(cls, r: Any) -> JobRecord:
-        """Build from a row with every column of ``jobs`` as an attribute (a
-        :class:`~persistq_async.backends.prepared.Prepared` statement's row): the claim's
-        rows, without a mapping built per row."""
-        payload, result = r.payload, r.result
-        return cls(
-            id=r.id,
-            queue=r.queue,
-            state=_STATES.get(r.state) or JobState(r.state),
-            payload=payload if type(payload) is bytes else bytes(payload),
-            priority=r.priority,
-            attempts=r.attempts,
-            max_attempts=r.max_attempts,
-            run_at=r.run_at,
-            enqueued_at=r.enqueued_at,
-            created_at=r.created_at,
-            lease_token=r.lease_token,
-            lease_expires_at=r.lease_expires_at,
-            started_at=r.started_at,
-            dedupe_key=r.dedupe_key,
-            last_error=r.last_error,
-            result=result if result is None or type(result) is bytes else bytes(result),
-            finished_at=r.finished_at,
-            tags=r.tags,
-            headers=r.headers,
-        )
 
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> JobRecord:
@@ -172,6 +169,60 @@ class ClaimResult:
     next_due_at: float | None
     # expired leases the claim's transaction rescued first
     rescued: Sequence[Rescued] = ()
+
+
+@functools.lru_cache(maxsize=8)
+def record_maker(columns: tuple[str, ...]) -> Callable[[Sequence[Any]], JobRecord]:
+    """A builder of :class:`JobRecord` from a plain row with every column of ``jobs`` in the
+    order ``columns`` names them (the claim's rows): no mapping or named tuple per row."""
+    at = {name: n for n, name in enumerate(columns)}
+    take = itemgetter(*(at[name] for name in _RECORD_FIELDS))
+
+    def make(row: Sequence[Any]) -> JobRecord:
+        (
+            id_,
+            queue,
+            state,
+            payload,
+            priority,
+            attempts,
+            max_attempts,
+            run_at,
+            enqueued_at,
+            created_at,
+            lease_token,
+            lease_expires_at,
+            started_at,
+            dedupe_key,
+            last_error,
+            result,
+            finished_at,
+            tags,
+            headers,
+        ) = take(row)
+        return JobRecord(
+            id=id_,
+            queue=queue,
+            state=_STATES.get(state) or JobState(state),
+            payload=payload if type(payload) is bytes else bytes(payload),
+            priority=priority,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            enqueued_at=enqueued_at,
+            created_at=created_at,
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
+            started_at=started_at,
+            dedupe_key=dedupe_key,
+            last_error=last_error,
+            result=result if result is None or type(result) is bytes else bytes(result),
+            finished_at=finished_at,
+            tags=tags,
+            headers=headers,
+        )
+
+    return make
 
 
 def attempt_row(

@@ -28,11 +28,11 @@ from .acks import leases, write_acks
 from .records import (
     ClaimResult,
     Delivery,
-    JobRecord,
     NewJob,
     Rescued,
     attempt_row,
     new_lease_token,
+    record_maker,
 )
 from .writer import BulkOp
 
@@ -199,8 +199,9 @@ def claim(
     records = []
     if gate is None or gate.limit > 0:
         params["p_limit"] = limit if gate is None else gate.limit
-        rows = ctx.claim_statement.rows(conn, params)
-        records = [JobRecord.from_fields(r) for r in rows]
+        statement = ctx.claim_statement
+        make = record_maker(statement.columns)
+        records = [make(row) for row in statement.tuples(conn, params)]
         records.sort(key=lambda r: (-r.priority, r.id))
         flow.consumed(conn, queue, gate, len(records))
     next_due = None

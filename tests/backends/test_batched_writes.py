@@ -265,3 +265,27 @@ async def test_a_put_many_larger_than_one_statement(queue: pq.Queue) -> None:
     taken, _ = await queue.claim(count)
     assert [job.id for job in taken] == ids  # FIFO: the order of the put
     assert [job.payload for job in taken] == [{"n": n} for n in range(count)]
+
+
+def test_the_claim_builds_every_field_of_a_record() -> None:
+    # record_maker unpacks a claimed row field by field; a field added to JobRecord must be
+    # added there too.
+    from dataclasses import fields
+
+    from persistq_async.schema import jobs as table
+    from persistq_async.store.records import JobRecord, record_maker
+
+    columns = tuple(c.key for c in table.c)
+    given: dict[str, object] = {name: f"v-{name}" for name in columns}
+    # PostgreSQL's driver may hand binary columns over as memoryview; the record holds bytes.
+    given.update(state="queued", payload=memoryview(b"v-payload"), result=b"v-result")
+    row = tuple(given[name] for name in columns)
+    record = record_maker(columns)(row)
+    for field in fields(JobRecord):
+        value = getattr(record, field.name)
+        if field.name == "state":
+            assert value is pq.JobState.QUEUED
+        elif field.name in ("payload", "result"):
+            assert value == f"v-{field.name}".encode()
+        else:
+            assert value == f"v-{field.name}"
