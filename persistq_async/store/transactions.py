@@ -159,9 +159,10 @@ class PutOp(BulkOp[list[int]]):
                 extra={"action": "write_retried_alone"},
             )
             return False
-        found = iter(ids)
+        first = 0
         for op in ops:
-            op.result = [next(found) for _ in op.new]
+            op.result = ids[first : first + len(op.new)]
+            first += len(op.new)
         return True
 
     @classmethod
