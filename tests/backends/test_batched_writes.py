@@ -1,10 +1,14 @@
 """Writes that one writer batch runs as one statement: acks (one update per distinct result,
 one insert of attempt rows), the lease check before them, and puts with and without dedupe keys.
+
+Each test has a database of its own: they leave leases and finished jobs stamped with the fake
+clock, which the rescues and cleans of other tests (every queue of a database) would meet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,7 +24,32 @@ from persistq_async.store import statements as st
 from persistq_async.store import transactions as tx
 from persistq_async.store.records import Delivery
 from persistq_async.testing import read_connection, run_write
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, private_pg_database
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def own_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for this test alone."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "batched.db")
+        return
+    with private_pg_database("persistq_batched") as url:
+        yield url
+
+
+@pytest.fixture
+def is_sqlite(own_url: str) -> bool:
+    """Whether this test runs on SQLite."""
+    return not own_url.startswith("postgresql")
+
+
+@pytest.fixture
+async def cq(own_url: str, clock: FakeClock) -> AsyncIterator[pq.Queue]:
+    """An open queue of the test's own database, driven by ``clock``, with 10 s leases."""
+    async with pq.Queue(
+        own_url, name="batched", clock=clock, poll_interval=0.05, lease_seconds=10
+    ) as q:
+        yield q
 
 
 @pytest.fixture
@@ -257,12 +286,12 @@ async def test_puts_with_and_without_dedupe_keys_in_one_batch(cq: pq.Queue) -> N
     assert (await cq.stats()).queued == 17
 
 
-async def test_a_put_many_larger_than_one_statement(queue: pq.Queue) -> None:
+async def test_a_put_many_larger_than_one_statement(cq: pq.Queue) -> None:
     count = 4500  # over SQLite's 2,000 rows a statement: three statements, one transaction
-    ids = await queue.put_many([{"n": n} for n in range(count)])
+    ids = await cq.put_many([{"n": n} for n in range(count)])
     assert len(ids) == len(set(ids)) == count
     assert ids == sorted(ids)
-    taken, _ = await queue.claim(count)
+    taken, _ = await cq.claim(count)
     assert [job.id for job in taken] == ids  # FIFO: the order of the put
     assert [job.payload for job in taken] == [{"n": n} for n in range(count)]
 
