@@ -48,7 +48,8 @@ SPENT = jobs.c.attempts >= jobs.c.max_attempts
 # Attempts spent means dead, else queued: the one rule for a delivery that ended badly.
 RETRY_OR_DEAD = case((SPENT, JobState.DEAD.value), else_=JobState.QUEUED.value)
 
-ACK_MANY = (
+# One ack, with RETURNING: it must explain a miss (acks of a batch: ack_all below).
+ACK = (
     update(jobs)
     .where(*_FENCE)
     .values(
@@ -57,9 +58,8 @@ ACK_MANY = (
         finished_at=bindparam("p_now", type_=jobs.c.run_at.type),
         **CLEARED,
     )
+    .returning(*SETTLED_COLUMNS)
 )
-# Without RETURNING for executemany (bulk acks); with it for one ack that must explain a miss.
-ACK = ACK_MANY.returning(*SETTLED_COLUMNS)
 # The running jobs among some ids, with their lease tokens (the check before bulk acks).
 LEASES = select(jobs.c.id, jobs.c.lease_token).where(
     jobs.c.id.in_(bindparam("p_ids", expanding=True)), RUNNING
@@ -129,7 +129,6 @@ JOB_STATE = select(jobs.c.state).where(jobs.c.id == bindparam("p_job_id", type_=
 # IN list.
 LEASES_P = Prepared(LEASES, expanding="p_ids")
 ACK_P = Prepared(ACK)
-ACK_MANY_P = Prepared(ACK_MANY)
 NACK_P = Prepared(NACK)
 FAIL_P = Prepared(FAIL)
 RELEASE_P = Prepared(RELEASE)
