@@ -94,7 +94,9 @@ def child(scenario: str, jobs: int, durability: str) -> None:
         async with pq.Queue(tmp / "q.db", name="bench", durability=durability) as q:
             if scenario in ("lone", "pool"):
                 for first in range(0, jobs, 1000):
-                    await q.put_many([{"i": i, "pad": "x" * 40} for i in range(first, first + 1000)])
+                    await q.put_many(
+                        [{"i": i, "pad": "x" * 40} for i in range(first, first + 1000)]
+                    )
             before = _threads()
             start = time.perf_counter()
             if scenario == "lone":
@@ -157,8 +159,12 @@ def _run(variant: str, scenario: str, args: argparse.Namespace) -> dict[str, Any
     elif variant.startswith("max"):
         env["INLINE_MAX"] = variant[3:]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", scenario, "--jobs", str(args.jobs)]
-        + ["--durability", args.durability],
+        [
+            sys.executable,
+            __file__,
+            *("--child", scenario, "--jobs", str(args.jobs)),
+            *("--durability", args.durability),
+        ],
         env=env,
         check=True,
         capture_output=True,
@@ -175,7 +181,13 @@ def main() -> None:
     parser.add_argument("--durability", default="normal", choices=("normal", "full"))
     parser.add_argument("--base", type=Path, default=None)
     parser.add_argument("--only", default="lone,pool,producers,raw")
-    parser.add_argument("--max", type=int, action="append", default=[], help="also run with INLINE_MAX_OPS = INLINE_MAX_ROWS = N")
+    parser.add_argument(
+        "--max",
+        type=int,
+        action="append",
+        default=[],
+        help="also run with INLINE_MAX_OPS = INLINE_MAX_ROWS = N",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -196,8 +208,14 @@ def main() -> None:
     baseline = {}
     if raws:
         baseline = {k: statistics.median(r[k] for r in raws) for k in raws[0]}
-        print(f"raw sqlite3 ({args.durability}): " + ", ".join(f"{k} {v:,.0f}/s" for k, v in baseline.items()))
-    print(f"{'scenario':10} {'variant':7} {'jobs/s':>8} {'x raw':>6}  loop user/sys   writer user/sys  other  (us/job, medians of {args.repeats})")
+        print(
+            f"raw sqlite3 ({args.durability}): "
+            + ", ".join(f"{k} {v:,.0f}/s" for k, v in baseline.items())
+        )
+    print(
+        f"{'scenario':10} {'variant':7} {'jobs/s':>8} {'x raw':>6}  loop user/sys"
+        f"   writer user/sys  other  (us/job, medians of {args.repeats})"
+    )
     for (scenario, variant), runs in rows.items():
         rate = statistics.median(r["rate"] for r in runs)
 
@@ -206,9 +224,11 @@ def main() -> None:
 
         ref = baseline.get("insert" if scenario == "producers" else "cycle")
         ratio = f"{rate / ref:6.2f}" if ref else "     -"
+        other = med("other", 0) + med("other", 1)
         print(
-            f"{scenario:10} {variant:7} {rate:8,.0f} {ratio}  {med('loop', 0):6.0f} {med('loop', 1):5.0f}"
-            f"    {med('writer', 0):6.0f} {med('writer', 1):5.0f}   {med('other', 0) + med('other', 1):5.0f}"
+            f"{scenario:10} {variant:7} {rate:8,.0f} {ratio}  "
+            f"{med('loop', 0):6.0f} {med('loop', 1):5.0f}    "
+            f"{med('writer', 0):6.0f} {med('writer', 1):5.0f}   {other:5.0f}"
         )
 
 

@@ -63,11 +63,16 @@ MAX_BATCH = 512
 DISPATCH_TICKS = 4
 #: How often a batch is retried when another process holds the lock past ``busy_timeout``.
 MAX_BUSY_RETRIES = 20
-#: Most operations a batch run on the event loop's thread may hold (see ThreadWriter._run_inline).
-INLINE_MAX_OPS = 64
+#: Most operations a batch run on the event loop's thread may hold (see
+#: ThreadWriter._run_inline). Measured with ``benchmarks/inline_writes.py`` (a 64-slot pool's
+#: batches, its claim and the acks of the slots it refills, come to about 64 to 128): from 128 on,
+#: a pool's cycle and 100 producers spent less CPU per job inline than on the thread (the
+#: thread's overlap of SQLite's work with the loop's did not pay for its wake-ups on a 2-core
+#: machine), and a batch this size blocks the loop for a few milliseconds at most.
+INLINE_MAX_OPS = 128
 #: Most rows (jobs put, claimed...; see :attr:`Op.size`) such a batch may touch: the loop is
 #: blocked while it runs, so a bulk insert stays on the thread.
-INLINE_MAX_ROWS = 64
+INLINE_MAX_ROWS = 128
 
 
 class Op(Generic[T]):

@@ -93,7 +93,9 @@ async def test_at_durability_full_every_batch_runs_on_the_thread(
     assert {w for w, _, _ in batches.seen} == {THREAD}
 
 
-async def test_a_big_batch_stays_on_the_thread(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_big_batch_stays_on_the_thread(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     batches = Batches(monkeypatch, db_path)
     async with pq.Queue(db_path, name="big", durability="normal") as q:
         await q.put_many([{"n": n} for n in range(writer_module.INLINE_MAX_ROWS + 1)])
@@ -140,6 +142,7 @@ async def _put_while_held(
     """Hold a lock, put, release it after ``seconds``: (put's duration, release time offset,
     longest loop stall while it was held)."""
     stalls = LoopStalls()
+    done = anyio.Event()
     done_at: list[float] = []
     released_at: list[float] = []
     hold()
@@ -148,6 +151,7 @@ async def _put_while_held(
     async def put() -> None:
         await q.put({"n": 1})
         done_at.append(time.perf_counter() - start)
+        done.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(stalls.run)
@@ -157,8 +161,7 @@ async def _put_while_held(
         release()
         released_at.append(time.perf_counter() - start)
         with anyio.fail_after(10):
-            while not done_at:
-                await anyio.sleep(0.01)
+            await done.wait()
         stalls.stop = True
     return done_at[0], released_at[0], held_stall
 
@@ -180,7 +183,10 @@ async def test_a_file_lock_held_by_another_process_sends_the_batch_to_the_thread
 
         def hold() -> None:
             proc = subprocess.Popen(
-                [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+                [sys.executable, "-c", script],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "held"
