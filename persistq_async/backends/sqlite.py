@@ -136,9 +136,10 @@ class SQLiteBackend(Backend):
         self._wal_checked = 0.0
         self._wal_warned = 0
         self._synced = True  # the writer connection starts at the configured synchronous
-        #: Whether the writer connection waits ``busy_timeout`` for the write lock (see
-        #: :meth:`_wait`); it starts so.
+        #: Whether the writer's driver connection :attr:`_waits_on` waits ``busy_timeout`` for
+        #: the write lock (see :meth:`_wait`); a new one does (the connect hook).
         self._waits = True
+        self._waits_on: object = None
         #: The ``-shm`` file, opened once to read the WAL's length (see :meth:`wal_frames`).
         self._shm_fd: int | None = None
 
@@ -166,11 +167,19 @@ class SQLiteBackend(Backend):
         )
 
     def _wait(self, conn: Connection, wait: bool) -> None:
-        """Make the writer connection wait ``busy_timeout`` for the write lock, or not at all."""
+        """Make the writer connection wait ``busy_timeout`` for the write lock, or not at all.
+
+        Remembered per driver connection: one SQLAlchemy made again (after invalidating the
+        last) starts with the connect hook's ``busy_timeout``.
+        """
+        driver = conn.connection.dbapi_connection
+        if driver is not self._waits_on:
+            self._waits_on, self._waits = driver, True
         if wait == self._waits:
             return
         busy_ms = int(self.options.busy_timeout * 1000) if wait else 0
-        cursor = conn.connection.cursor()
+        assert driver is not None
+        cursor = driver.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
         finally:
@@ -187,13 +196,25 @@ class SQLiteBackend(Backend):
         """
         try:
             if self._shm_fd is None:
-                self._shm_fd = os.open(f"{self.path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+                self._shm_fd = self._open_shm()
             header = os.pread(self._shm_fd, 20, 0)
         except OSError:
             return None
         if len(header) < 20 or int.from_bytes(header[0:4], sys.byteorder) != _WAL_INDEX_VERSION:
             return None
         return int.from_bytes(header[16:20], sys.byteorder)
+
+    def _open_shm(self) -> int:
+        # SQLite's unix VFS names the -shm after the database's path with symbolic links
+        # resolved; as given, should that one not be there.
+        error: OSError | None = None
+        for path in dict.fromkeys((os.path.realpath(self.path), str(self.path))):
+            try:
+                return os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error
 
     def checkpoint_due(self) -> bool:
         """Whether the WAL has passed :data:`AUTOCHECKPOINT_PAGES` (or cannot be read)."""
