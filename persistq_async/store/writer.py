@@ -364,8 +364,6 @@ class ThreadWriter(Writer):
         #: The connection, once the thread made it; used by the loop's thread only while
         #: ``_busy`` is False (the thread touches it only while it is True).
         self._conn: Connection | None = None
-        #: Batches run on the event loop's thread (diagnostics).
-        self.inline_batches = 0
         #: Set when an inline commit left the WAL in need of a checkpoint: the next batch
         #: goes to the thread, which checkpoints after it (:meth:`.SQLiteBackend.after_batch`).
         self._checkpoint_due = False
@@ -571,7 +569,6 @@ class ThreadWriter(Writer):
                 give_up_when_busy=True,
             ):
                 return False  # busy: rolled back, nothing written
-            self.inline_batches += 1
             self._checkpoint_due = inline.checkpoint_due()
         finally:
             inline.lock.release()

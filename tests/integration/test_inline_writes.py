@@ -255,3 +255,18 @@ async def test_a_cancelled_caller_s_inline_claim_is_released(
         assert job.attempts == 1
         await job.ack()
     assert batches.where("claim") == {LOOP}
+
+
+async def test_writes_of_one_loop_iteration_share_an_inline_batch(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = Batches(monkeypatch, db_path)
+    async with pq.Queue(db_path, name="share", durability="normal") as q:
+        await q.put({"n": 0})  # a lone write: the next lone one is dispatched one iteration on
+        await q.put({"n": 1})
+        async with anyio.create_task_group() as tg:
+            for n in range(5):
+                tg.start_soon(q.put, {"n": n})
+        assert (await q.stats()).queued == 7
+    puts = [(w, len(kinds)) for w, kinds, _ in batches.seen if kinds and kinds[0] == "put"]
+    assert puts == [(LOOP, 1), (LOOP, 1), (LOOP, 5)]
