@@ -14,7 +14,7 @@ Pragmas, and why:
   "normal" the writer runs small batches on the event loop's thread (:meth:`SQLiteBackend.
   inline_writes`), where a checkpoint's fsync must not happen: there SQLite's automatic checkpoint
   is off (0), and the writer thread checkpoints (``PASSIVE``) after a commit that left the WAL
-  past the same mark, read from the WAL-index (:meth:`SQLiteBackend.wal_frames`).
+  past the same mark, read from the WAL-index (:mod:`.wal_index`).
 - ``foreign_keys=ON``: attempt rows go with their job.
 
 Only the writer connection writes and checkpoints. SQLite 3.7.0 to 3.51.2 (fixed in 3.51.3,
@@ -35,7 +35,6 @@ import functools
 import logging
 import os
 import sqlite3
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,6 +51,7 @@ from sqlalchemy.pool import NullPool
 from ..errors import DatabaseError, DatabaseNotFound, SchemaError
 from ..schema import APPLICATION_ID, DEDUPE, jobs, queue_settings
 from .base import Backend, InlineWrites, error_chain
+from .wal_index import WalIndex
 from .wal_lock import WalLock, wal_lock_for
 
 if TYPE_CHECKING:
@@ -70,8 +70,6 @@ logger = logging.getLogger(__name__)
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-#: The WAL-index header's version field (sqlite.org/walformat.html).
-_WAL_INDEX_VERSION = 3007000
 
 
 #: The WAL size past which a checkpoint that cannot finish is reported.
@@ -140,8 +138,8 @@ class SQLiteBackend(Backend):
         #: the write lock (see :meth:`_wait`); a new one does (the connect hook).
         self._waits = True
         self._waits_on: object = None
-        #: The ``-shm`` file, opened once to read the WAL's length (see :meth:`wal_frames`).
-        self._shm_fd: int | None = None
+        #: Where :meth:`checkpoint_due` reads the WAL's length.
+        self._wal_index = WalIndex(self.path)
 
     def _inline(self) -> bool:
         # Never at "full": every commit there syncs the WAL, which the loop must not wait for.
@@ -163,7 +161,7 @@ class SQLiteBackend(Backend):
             lock=self.writer_lock(),
             wait=self._wait,
             checkpoint_due=self.checkpoint_due,
-            close=self._close_shm,
+            close=self._wal_index.close,
         )
 
     def _wait(self, conn: Connection, wait: bool) -> None:
@@ -186,45 +184,10 @@ class SQLiteBackend(Backend):
             cursor.close()
         self._waits = wait
 
-    def wal_frames(self) -> int | None:
-        """How many frames the WAL holds (its ``mxFrame``), or None when it cannot be read.
-
-        Read from the WAL-index header at the start of the ``-shm`` file (sqlite.org/
-        walformat.html: version 3007000 at offset 0, ``mxFrame`` at offset 16, native byte
-        order): the number SQLite's own automatic checkpoint compares with its mark. One
-        ``pread``, no lock: a torn read only moves a checkpoint by a commit.
-        """
-        try:
-            if self._shm_fd is None:
-                self._shm_fd = self._open_shm()
-            header = os.pread(self._shm_fd, 20, 0)
-        except OSError:
-            return None
-        if len(header) < 20 or int.from_bytes(header[0:4], sys.byteorder) != _WAL_INDEX_VERSION:
-            return None
-        return int.from_bytes(header[16:20], sys.byteorder)
-
-    def _open_shm(self) -> int:
-        # SQLite's unix VFS names the -shm after the database's path with symbolic links
-        # resolved; as given, should that one not be there.
-        error: OSError | None = None
-        for path in dict.fromkeys((os.path.realpath(self.path), str(self.path))):
-            try:
-                return os.open(f"{path}-shm", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                error = exc
-        assert error is not None
-        raise error
-
     def checkpoint_due(self) -> bool:
         """Whether the WAL has passed :data:`AUTOCHECKPOINT_PAGES` (or cannot be read)."""
-        frames = self.wal_frames()
+        frames = self._wal_index.frames()
         return frames is None or frames >= AUTOCHECKPOINT_PAGES
-
-    def _close_shm(self) -> None:
-        fd, self._shm_fd = self._shm_fd, None
-        if fd is not None:
-            os.close(fd)
 
     def before_batch(self, conn: Connection, kinds: Sequence[str]) -> None:
         """On the writer thread before a batch: at durability "full", skip the fsync of a batch
