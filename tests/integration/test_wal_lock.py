@@ -28,8 +28,9 @@ WRITERS = 5
 SECONDS = 4.0
 
 
+@pytest.mark.parametrize("durability", ["full", "normal"])
 async def test_intervals_held_under_the_lock_never_overlap_across_five_writers(
-    tmp_path: Path,
+    tmp_path: Path, durability: str
 ) -> None:
     db = tmp_path / "jobs.db"
     async with pq.Queue(db, name="setup"):
@@ -37,7 +38,7 @@ async def test_intervals_held_under_the_lock_never_overlap_across_five_writers(
     outs = [tmp_path / f"w{i}.json" for i in range(WRITERS)]
     children = [
         subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; the wait is bounded
-            [sys.executable, str(CHILD), str(db), str(SECONDS), str(out)],
+            [sys.executable, str(CHILD), str(db), str(SECONDS), str(out), durability],
             stderr=subprocess.PIPE,
         )
         for out in outs
