@@ -14,12 +14,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 import persistq_async as pq
-from persistq_async.backends.wal_lock import LOCK_SUFFIX
+from persistq_async.backends.wal_lock import LOCK_SUFFIX, WalLock
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,3 +111,57 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["waits", "0"]
+
+
+def test_try_acquire_never_waits_and_leaves_nothing_held_when_refused(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    lock = WalLock(db)
+    assert lock.try_acquire()
+    other = WalLock(db)  # another open of the lock file: as another process would hold it
+    assert not other.try_acquire()  # flock refuses at once
+    assert not other.locked()  # and the thread lock it took first is given back
+    lock.release()
+    assert other.try_acquire()
+    # Held by another process.
+    other.release()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(db) + LOCK_SUFFIX!r}, os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.readline()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert not lock.try_acquire()
+        assert not lock.locked()
+    finally:
+        holder.communicate("\n", timeout=10)
+    assert lock.try_acquire()  # free again once the other process let go
+    lock.release()
+    # Held by another thread of this process: the in-process lock refuses first.
+    held, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            let_go.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert not lock.try_acquire()
+    finally:
+        let_go.set()
+        thread.join(10)
+    assert lock.try_acquire()
+    lock.release()
