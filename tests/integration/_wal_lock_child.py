@@ -1,11 +1,11 @@
 """A writer process for tests/integration/test_wal_lock.py.
 
 ``python tests/integration/_wal_lock_child.py DB SECONDS OUT DURABILITY``: records, with
-``time.monotonic()`` (one clock for every process on Linux), the interval during which each hold of the file's lock
-was held (taken after it was acquired, given back before it is released), while it puts, claims
-and acks jobs on the SQLite file ``DB`` for ``SECONDS``; then writes them to ``OUT`` as JSON. At
-durability "normal" the lock is also taken without waiting, by batches run on the event loop's
-thread (``try_acquire``): those holds are recorded too.
+``time.monotonic()`` (one clock for every process on Linux), the interval during which each hold
+of the file's lock was held (taken after it was acquired, given back before it is released),
+while it puts, claims and acks jobs on the SQLite file ``DB`` for ``SECONDS``; then writes them
+to ``OUT`` as JSON. At durability "normal" the lock is also taken without waiting, by batches run
+on the event loop's thread (``try_acquire``): those holds are recorded too.
 """
 
 from __future__ import annotations
