@@ -33,6 +33,7 @@ import persistq_async as pq
 PARTS = (
     ("persistq_async/store/direct", "persistq writer (store/direct, store/writer)"),
     ("persistq_async/store/writer", "persistq writer (store/direct, store/writer)"),
+    ("persistq_async/store/ops", "persistq writer (store/direct, store/writer)"),
     ("persistq_async/store/", "persistq store (transactions, claims, reads)"),
     ("persistq_async/backends", "persistq backends"),
     ("persistq_async/pool", "persistq pool and execution"),

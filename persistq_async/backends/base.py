@@ -11,7 +11,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Select
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..config import Options
 
-__all__ = ["Backend", "error_chain"]
+__all__ = ["Backend", "InlineWrites", "TryLock", "error_chain"]
 
 
 def error_chain(exc: BaseException) -> list[BaseException]:
@@ -40,6 +41,38 @@ def error_chain(exc: BaseException) -> list[BaseException]:
         pending.extend([orig if isinstance(orig, BaseException) else None])
         pending.append(item.__cause__)
     return seen
+
+
+class TryLock(Protocol):
+    """A lock that can be taken without waiting."""
+
+    def try_acquire(self) -> bool:
+        """Hold it if nobody else does; return whether it is now held."""
+
+    def release(self) -> None:
+        """Let the next holder in."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InlineWrites:
+    """What a dedicated writer needs to run a small batch on the event loop's thread itself,
+    when its thread is idle: what the hand-over to the thread and back costs is then saved.
+
+    The loop must never wait, so the inline attempt gives up, and the thread takes the batch,
+    whenever waiting would be needed.
+    """
+
+    #: :meth:`Backend.writer_lock`, taken without waiting around the inline batch.
+    lock: TryLock
+    #: ``wait(conn, False)`` before an inline batch: fail at once, writing nothing, when
+    #: another connection holds the database's write lock; ``wait(conn, True)`` before a batch
+    #: on the thread: wait for it as usual.
+    wait: Callable[[Connection, bool], None]
+    #: Whether the thread should checkpoint before the next inline batch (a checkpoint may
+    #: sync the database file, which the loop must not wait for).
+    checkpoint_due: Callable[[], bool]
+    #: Called when the writer's connection is closed.
+    close: Callable[[], None]
 
 
 class Backend(abc.ABC):
@@ -106,6 +139,11 @@ class Backend(abc.ABC):
 
     def writer_lock(self) -> AbstractContextManager[Any] | None:
         """A lock the writer thread holds around each batch, if the backend needs one."""
+        return None
+
+    def inline_writes(self) -> InlineWrites | None:
+        """How a dedicated writer may run a small batch on the event loop's thread, or None
+        when every batch goes to its thread."""
         return None
 
     async def dispose_engine(self, engine: AsyncEngine) -> None:

@@ -10,7 +10,11 @@ Pragmas, and why:
 - ``journal_size_limit``: the WAL file is truncated back to this size after a checkpoint, so it
   stays bounded under continuous load.
 - ``wal_autocheckpoint`` (writer connection, :data:`AUTOCHECKPOINT_PAGES`): the writer copies the
-  WAL back into the database in small steps, inside the commit that passes the mark.
+  WAL back into the database in small steps, inside the commit that passes the mark. At durability
+  "normal" the writer runs small batches on the event loop's thread (:meth:`SQLiteBackend.
+  inline_writes`), where a checkpoint's fsync must not happen: there SQLite's automatic checkpoint
+  is off (0), and the writer thread checkpoints (``PASSIVE``) after a commit that left the WAL
+  past the same mark, read from the WAL-index (:mod:`.wal_index`).
 - ``foreign_keys=ON``: attempt rows go with their job.
 
 Only the writer connection writes and checkpoints. SQLite 3.7.0 to 3.51.2 (fixed in 3.51.3,
@@ -48,8 +52,9 @@ from sqlalchemy.pool import NullPool
 
 from ..errors import DatabaseError, DatabaseNotFound, SchemaError
 from ..schema import APPLICATION_ID, DEDUPE, jobs, queue_settings
-from .base import Backend, error_chain
+from .base import Backend, InlineWrites, error_chain
 from .prepared import insert_text
+from .wal_index import WalIndex
 from .wal_lock import WalLock, wal_lock_for
 
 if TYPE_CHECKING:
@@ -130,6 +135,60 @@ class SQLiteBackend(Backend):
         self._wal_checked = 0.0
         self._wal_warned = 0
         self._synced = True  # the writer connection starts at the configured synchronous
+        #: Whether the writer's driver connection :attr:`_waits_on` waits ``busy_timeout`` for
+        #: the write lock (see :meth:`_wait`); a new one does (the connect hook).
+        self._waits = True
+        self._waits_on: object = None
+        #: Where :meth:`checkpoint_due` reads the WAL's length.
+        self._wal_index = WalIndex(self.path)
+
+    def _inline(self) -> bool:
+        # Never at "full": every commit there syncs the WAL, which the loop must not wait for.
+        return self.options.durability == "normal"
+
+    def inline_writes(self) -> InlineWrites | None:
+        """At durability "normal", the writer may run a small batch on the event loop's thread
+        (the hand-over to its thread and back costs more than the batch itself).
+
+        A commit there never syncs: "normal" syncs only at checkpoints, and the writer
+        connection's automatic checkpoint is off (the connection hook), the thread
+        checkpointing instead when :meth:`checkpoint_due` (in :meth:`after_batch`). The file's
+        lock is taken without waiting, and SQLite's write lock too (``busy_timeout`` 0): the
+        batch goes to the thread when either is held.
+        """
+        if not self._inline():
+            return None
+        return InlineWrites(
+            lock=self.writer_lock(),
+            wait=self._wait,
+            checkpoint_due=self.checkpoint_due,
+            close=self._wal_index.close,
+        )
+
+    def _wait(self, conn: Connection, wait: bool) -> None:
+        """Make the writer connection wait ``busy_timeout`` for the write lock, or not at all.
+
+        Remembered per driver connection: one SQLAlchemy made again (after invalidating the
+        last) starts with the connect hook's ``busy_timeout``.
+        """
+        driver = conn.connection.dbapi_connection
+        if driver is not self._waits_on:
+            self._waits_on, self._waits = driver, True
+        if wait == self._waits:
+            return
+        busy_ms = int(self.options.busy_timeout * 1000) if wait else 0
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        finally:
+            cursor.close()
+        self._waits = wait
+
+    def checkpoint_due(self) -> bool:
+        """Whether the WAL has passed :data:`AUTOCHECKPOINT_PAGES` (or cannot be read)."""
+        frames = self._wal_index.frames()
+        return frames is None or frames >= AUTOCHECKPOINT_PAGES
 
     def before_batch(self, conn: Connection, kinds: Sequence[str]) -> None:
         """On the writer thread before a batch: at durability "full", skip the fsync of a batch
@@ -176,7 +235,11 @@ class SQLiteBackend(Backend):
             lock.release()
 
     def after_batch(self, conn: Connection) -> None:
-        """On the writer thread after a commit: notice a WAL that checkpoints cannot shrink.
+        """On the writer thread after a batch: checkpoint where the writer's commits do not
+        (:meth:`inline_writes`); notice a WAL that checkpoints cannot shrink.
+
+        The checkpoint runs here, under the file's lock like the batch, as the commit's own
+        would have: ``PASSIVE``, once the WAL passed :data:`AUTOCHECKPOINT_PAGES`.
 
         The commits' own checkpoints copy the WAL back and the writer then reuses it from the
         start (``journal_size_limit`` truncates it), so it stays small, unless a reader holds a
@@ -185,6 +248,12 @@ class SQLiteBackend(Backend):
         at; past :data:`WAL_WARN_BYTES`, a checkpoint tells whether it is pinned. Say so,
         loudly, once per doubling.
         """
+        if self._inline() and self.checkpoint_due():
+            cursor = conn.connection.cursor()  # outside any transaction, which it needs
+            try:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                cursor.close()
         now = time.monotonic()
         if now - self._wal_checked < WAL_CHECK_INTERVAL:
             return
@@ -222,6 +291,8 @@ class SQLiteBackend(Backend):
 
     def _install_hooks(self, engine: Engine, *, begin: str, on_cursor: bool = False) -> None:
         busy_ms = int(self.options.busy_timeout * 1000)
+        # The writer (on_cursor) checkpoints by itself when it may run inline (inline_writes).
+        autocheckpoint = 0 if on_cursor and self._inline() else AUTOCHECKPOINT_PAGES
         synchronous = "FULL" if self.options.durability == "full" else "NORMAL"
 
         @event.listens_for(engine, "connect")
@@ -240,7 +311,7 @@ class SQLiteBackend(Backend):
                 cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
                 cursor.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
-                cursor.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+                cursor.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
             finally:
                 cursor.close()
 

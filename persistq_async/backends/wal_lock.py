@@ -65,6 +65,26 @@ class WalLock:
             self._threads.release()
             raise
 
+    def try_acquire(self) -> bool:
+        """Hold it if nobody else does, without waiting (the event loop's thread may not wait).
+
+        :returns: whether it is now held.
+        :raises OSError: the lock file cannot be created or locked.
+        """
+        if not self._threads.acquire(blocking=False):
+            return False
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(self._descriptor(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another process holds it
+                    self._threads.release()
+                    return False
+        except BaseException:
+            self._threads.release()
+            raise
+        return True
+
     def release(self) -> None:
         """Let the next holder in."""
         try:

@@ -120,6 +120,7 @@ class JobStore(StoreOperations):
             after_batch=self.backend.after_batch,
             before_batch=self.backend.before_batch,
             lock=self.backend.writer_lock(),
+            inline=self.backend.inline_writes(),
         )
         try:
             await writer.start(setup)
@@ -182,6 +183,7 @@ class JobStore(StoreOperations):
         *,
         on_commit: Callable[[T], None] | None = None,
         kind: str = "write",
+        size: int | None = None,
     ) -> T:
         """Run ``fn`` (a synchronous function of a connection) as one write of the writer.
 
@@ -189,7 +191,9 @@ class JobStore(StoreOperations):
         the writer's rules (``persistq_async.testing.run_write``).
         """
         writer = self._check_open()
-        return await writer.run(Op(fn, on_commit, kind=kind))
+        op = Op(fn, on_commit, kind=kind)
+        op.size = size  # rows it touches, when known (see Op.size)
+        return await writer.run(op)
 
     def _woken(self, queue: str, *, work: bool) -> Callable[[Any], None]:
         return lambda _result: self.wakeups.notify(queue, work=work)
@@ -240,6 +244,7 @@ class JobStore(StoreOperations):
             op = tx.PutOp(self._ctx, queue, new, on_commit)
         else:
             op = Op(lambda conn: tx.put(conn, self._ctx, queue, new), on_commit, kind="put")
+        op.size = len(new)
         return await writer.run(op)
 
     async def put_within(
@@ -277,6 +282,7 @@ class JobStore(StoreOperations):
                 writer.submit_nowait(op)
 
         op = ClaimOp(self._ctx, queue, limit, lease_seconds, abandon)
+        op.size = limit
         try:
             result = await writer.run(op)
         except BaseException as exc:
@@ -353,6 +359,7 @@ class JobStore(StoreOperations):
                 self._changed,
                 kind="ack",
             )
+        op.size = 1
         await writer.run(op)
 
     async def nack(
@@ -377,13 +384,16 @@ class JobStore(StoreOperations):
         state, _ = await self.write(
             lambda conn: tx.nack(conn, self._ctx, job_id, token, run_at, error, ready_at),
             on_commit=committed,
+            size=1,
         )
         return state
 
     async def fail(self, job_id: int, token: str, error: str | None) -> None:
         """Make the job dead now, whatever its attempts."""
         await self.write(
-            lambda conn: tx.fail(conn, self._ctx, job_id, token, error), on_commit=self._changed
+            lambda conn: tx.fail(conn, self._ctx, job_id, token, error),
+            on_commit=self._changed,
+            size=1,
         )
 
     def _release_op(self, job_id: int, token: str, queue: str) -> Op[bool]:
@@ -391,7 +401,9 @@ class JobStore(StoreOperations):
             if released:
                 self.wakeups.notify(queue, work=True)
 
-        return Op(lambda conn: tx.release(conn, self._ctx, job_id, token, queue), committed)
+        op = Op(lambda conn: tx.release(conn, self._ctx, job_id, token, queue), committed)
+        op.size = 1
+        return op
 
     async def release(self, job_id: int, token: str, queue: str) -> bool:
         """Hand a lease back without counting the attempt (shutdown, cancellation).
@@ -407,7 +419,9 @@ class JobStore(StoreOperations):
         :raises LeaseLost: when the lease is no longer this delivery's.
         """
         return await self.write(
-            lambda conn: tx.extend(conn, self._ctx, job_id, token, seconds), kind="extend"
+            lambda conn: tx.extend(conn, self._ctx, job_id, token, seconds),
+            kind="extend",
+            size=1,
         )
 
     # ------------------------------------------------------------------ CRUD

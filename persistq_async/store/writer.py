@@ -5,7 +5,10 @@ Writes submitted while a batch is in flight wait in a list and go together in th
 one ``BEGIN IMMEDIATE``, every operation's statements, one ``COMMIT`` (group commit, one fsync),
 all in one hop to the thread. Results come back to the event loop by a callback, not through an
 awaiting task, so a cancelled caller can never interrupt a transaction half-way, and a queue may
-be closed from another task than the one that opened it.
+be closed from another task than the one that opened it. Where the backend allows it (SQLite at
+durability "normal", :meth:`.Backend.inline_writes`), a small batch found the thread idle runs on
+the event loop's thread instead, in a callback, with the same connection: when nothing would
+make it wait (see :meth:`ThreadWriter._run_inline`).
 
 PostgreSQL (:class:`~.direct.DirectWriter`, in its own module): the server takes concurrent
 writers itself, so operations run in short transactions on pooled connections, in the callers'
@@ -28,14 +31,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .._crash import crash_point
+from ..backends.base import InlineWrites
 from ..errors import DatabaseError, PersistQError, QueueClosed
 from .dberror import wrap_db_error
+from .ops import BulkOp, Op
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -59,122 +64,16 @@ MAX_BATCH = 512
 DISPATCH_TICKS = 4
 #: How often a batch is retried when another process holds the lock past ``busy_timeout``.
 MAX_BUSY_RETRIES = 20
-
-
-class Op(Generic[T]):
-    """One write: ``fn(connection)`` and what to do once it committed or was abandoned."""
-
-    __slots__ = (
-        "_done",
-        "abandoned",
-        "error",
-        "finished",
-        "fn",
-        "kind",
-        "on_abandon",
-        "on_commit",
-        "result",
-        "single_statement",
-        "waiter",
-    )
-
-    def __init__(
-        self,
-        fn: Callable[[Connection], T],
-        on_commit: Callable[[T], None] | None = None,
-        on_abandon: Callable[[T], None] | None = None,
-        *,
-        kind: str = "write",
-    ) -> None:
-        self.fn = fn
-        #: Whether ``fn`` runs exactly one statement, so that alone it needs no transaction
-        #: around it (see :meth:`DirectWriter._execute`).
-        self.single_statement = False
-        #: What the operation is (put, claim, ack...), for crash points and diagnostics.
-        self.kind = kind
-        self.on_commit = on_commit
-        self.on_abandon = on_abandon
-        self._done: anyio.Event | None = None
-        #: A future of the event loop set by :meth:`finish`, for a writer that waits on one
-        #: (cheaper than an event when nothing else waits for the op).
-        self.waiter: asyncio.Future[None] | None = None
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        self.finished = False
-        self.abandoned = False
-
-    @property
-    def done(self) -> anyio.Event:
-        """Set once the op committed or failed; made when first asked for (most ops are
-        awaited through :attr:`waiter`, and an event per op costs a few microseconds)."""
-        if self._done is None:
-            self._done = anyio.Event()
-            if self.finished:
-                self._done.set()
-        return self._done
-
-    def value(self) -> T:
-        """The result, or raise the error."""
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]
-
-    def abandon(self) -> None:
-        """The caller stopped waiting: undo a success that nobody will receive."""
-        if self.abandoned:
-            return
-        self.abandoned = True
-        if self.finished and self.error is None and self.on_abandon is not None:
-            self.on_abandon(self.result)  # type: ignore[arg-type]
-
-    def finish(self) -> None:
-        """Wake the caller, then run the post-commit hooks; on the event loop's thread.
-
-        The caller first: a task woken by the hooks' notifications (``join()``, say) then finds
-        the caller's own bookkeeping after the write already done.
-        """
-        self.finished = True
-        if self._done is not None:
-            self._done.set()
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if self.error is None:
-            try:
-                if self.on_commit is not None:
-                    self.on_commit(self.result)  # type: ignore[arg-type]
-                if self.abandoned and self.on_abandon is not None:
-                    self.on_abandon(self.result)  # type: ignore[arg-type]
-            except Exception:  # a wake-up must never break the writer
-                logger.exception("post-commit hook failed", extra={"action": "hook_failed"})
-
-
-class BulkOp(Op[T]):
-    """An op that may run together with the other ops of its class in a batch, as one statement.
-
-    A subclass carries the typed data its :meth:`run_together` needs.
-    """
-
-    __slots__ = ()
-
-    @classmethod
-    def run_together(cls, conn: Connection, ops: list[Self]) -> bool:
-        """Run ``ops`` (two or more of this class) at once, setting each one's ``result``.
-
-        :returns: False, having written nothing, when they must run one by one instead.
-        """
-        raise NotImplementedError
-
-    @classmethod
-    async def run_native(cls, driver: Any, ops: list[Self]) -> list[Self] | None:
-        """Run ``ops`` (one or more of this class) on ``driver``, the driver's own connection
-        (see :meth:`.Backend.native_writes`), each op within one statement in autocommit,
-        setting the ``result`` of each op applied.
-
-        :returns: the ops still to run the usual way (they wrote nothing), or None when this
-            class has no native form (nothing written).
-        """
-        return None
+#: Most operations a batch run on the event loop's thread may hold (see
+#: ThreadWriter._run_inline). Measured with ``benchmarks/inline_writes.py`` (a 64-slot pool's
+#: batches, its claim and the acks of the slots it refills, come to about 64 to 128): from 128 on,
+#: a pool's cycle and 100 producers spent less CPU per job inline than on the thread (the
+#: thread's overlap of SQLite's work with the loop's did not pay for its wake-ups on a 2-core
+#: machine), and a batch this size blocks the loop for a few milliseconds at most.
+INLINE_MAX_OPS = 128
+#: Most rows (jobs put, claimed...; see :attr:`Op.size`) such a batch may touch: the loop is
+#: blocked while it runs, so a bulk insert stays on the thread.
+INLINE_MAX_ROWS = 128
 
 
 def run_batch(
@@ -184,8 +83,13 @@ def run_batch(
     where: str,
     is_busy: Callable[[BaseException], bool],
     sleep: Callable[[float], None] | None,
-) -> None:
+    give_up_when_busy: bool = False,
+) -> bool:
     """Run ``batch`` in one transaction, setting each op's result or error. Never raises.
+
+    :param give_up_when_busy: when the database is busy, roll back and return False (nothing
+        written, no op's result or error set) instead of retrying or failing the ops.
+    :returns: False when it gave up so.
 
     Claims run last: a claim then also finds the jobs that puts of the same batch insert, and
     a job waits one commit for its consumer rather than two. Nobody awaiting a batch has seen
@@ -218,11 +122,15 @@ def run_batch(
                 if any(op.kind == "put" for op in remaining):
                     crash_point("mid-put")
                 conn.commit()
-                return
+                return True
             conn.rollback()
             remaining.remove(failed)  # run the others again without it
         except DBAPIError as exc:
             _rollback_quietly(conn)
+            if give_up_when_busy and is_busy(exc):
+                for op in batch:
+                    op.result, op.error = None, None
+                return False
             if is_busy(exc) and tries < MAX_BUSY_RETRIES and sleep is not None:
                 tries += 1
                 logger.debug(
@@ -236,7 +144,7 @@ def run_batch(
             error = wrap_db_error(exc, "writing", where)
             for op in remaining:
                 op.error = error
-            return
+            return True
         except OSError as exc:
             # A connection that could not be made again (SQLAlchemy re-connects a connection
             # it invalidated, and the driver's refusal is not a DBAPI error).
@@ -246,7 +154,7 @@ def run_batch(
             for op in remaining:
                 if op.error is None:
                     op.error = error
-            return
+            return True
         except Exception as exc:
             _rollback_quietly(conn)
             logger.exception("a write batch failed unexpectedly", extra={"action": "write_failed"})
@@ -254,7 +162,8 @@ def run_batch(
                 if op.error is None:
                     op.error = DatabaseError(f"writing failed on {where}: {exc!r}")
                     op.error.__cause__ = exc
-            return
+            return True
+    return True
 
 
 def run_alone(conn: Connection, op: Op[Any], *, where: str) -> None:
@@ -327,8 +236,17 @@ class ThreadWriter(Writer):
         after_batch: Callable[[Connection], None] | None = None,
         before_batch: Callable[[Connection, list[str]], None] | None = None,
         lock: AbstractContextManager[Any] | None = None,
+        inline: InlineWrites | None = None,
     ) -> None:
         self._connect = connect
+        #: How small batches may run on the event loop's thread (None: never).
+        self._inline = inline
+        #: The connection, once the thread made it; used by the loop's thread only while
+        #: ``_busy`` is False (the thread touches it only while it is True).
+        self._conn: Connection | None = None
+        #: Set when an inline commit left the WAL in need of a checkpoint: the next batch
+        #: goes to the thread, which checkpoints after it (:meth:`.SQLiteBackend.after_batch`).
+        self._checkpoint_due = False
         #: Held around everything the thread does with its connection (see
         #: :meth:`.SQLiteBackend.writer_lock`).
         self._lock: AbstractContextManager[Any] = lock if lock is not None else nullcontext()
@@ -386,6 +304,7 @@ class ThreadWriter(Writer):
             except BaseException as exc:
                 loop.call_soon_threadsafe(report, exc)
                 return
+            self._conn = conn
             loop.call_soon_threadsafe(report, None)
             while True:
                 batch = self._requests.get()
@@ -398,6 +317,7 @@ class ThreadWriter(Writer):
                 except RuntimeError:  # the event loop is gone; nobody is waiting any more
                     return
         finally:
+            self._conn = None
             try:
                 with self._lock:
                     conn.close()
@@ -407,8 +327,12 @@ class ThreadWriter(Writer):
                     exc_info=True,
                     extra={"action": "connection_close_failed"},
                 )
+            if self._inline is not None:
+                self._inline.close()
 
     def _run(self, conn: Connection, batch: list[Op[Any]]) -> None:
+        if self._inline is not None:
+            self._inline.wait(conn, True)
         if self._before_batch is not None:
             self._before_batch(conn, [op.kind for op in batch])
         run_batch(conn, batch, where=self._where, is_busy=self._is_busy, sleep=time.sleep)
@@ -431,7 +355,15 @@ class ThreadWriter(Writer):
         # rest gather behind it, and the next batch, larger than one, brings the wait back.
         if not self._busy and not self._scheduled:
             if self._last_size == 1 and len(self._pending) == 1:
-                self._dispatch()
+                if self._inline is None:
+                    self._dispatch()
+                    return
+                # One loop iteration later when it may run inline: the callers of this
+                # iteration still share its transaction, and a caller that writes in a loop
+                # yields to the other tasks at each write, as it does when the thread runs it.
+                assert self._loop is not None
+                self._scheduled = True
+                self._loop.call_soon(self._dispatch)
                 return
             self._scheduled = True
             self._defer(DISPATCH_TICKS)
@@ -451,15 +383,85 @@ class ThreadWriter(Writer):
             return
         count = min(MAX_BATCH, len(self._pending))
         batch = [self._pending.popleft() for _ in range(count)]
-        self._busy = True
         self._last_size = count
+        if self._inline is not None and self._run_inline(self._inline, batch):
+            self._completed(batch)
+            return
+        self._to_thread(batch)
+
+    def _to_thread(self, batch: list[Op[Any]]) -> None:
+        self._busy = True
+        self._checkpoint_due = False  # the thread checkpoints after the batch if need be
         self._requests.put(batch)
+
+    def _run_inline(self, inline: InlineWrites, batch: list[Op[Any]]) -> bool:
+        """Run ``batch`` here, on the event loop's thread, if nothing would make it wait.
+
+        The hand-over to the thread and back costs more than a small batch at durability
+        "normal" (no fsync): wake-ups of the thread and of the loop, tens to hundreds of
+        microseconds of system time where the batch takes tens. A big batch stays on the thread
+        (the loop would be blocked for as long as it runs, and it overlaps the thread's SQLite
+        work with the loop's Python work). :data:`INLINE_MAX_OPS` was measured: see
+        ``benchmarks/inline_writes.py``.
+
+        Nothing here waits: the file's lock is only tried, and so is SQLite's write lock
+        (``busy_timeout`` 0). When either is held (another queue or process of ours, a foreign
+        connection), the transaction rolls back having written nothing and the thread takes
+        the batch, waiting as usual. A checkpoint, which syncs the database file, is left to
+        the thread (the connection's automatic checkpoint is off: see
+        :meth:`.SQLiteBackend.inline_writes`).
+
+        :returns: whether it ran (each op then has its result or error).
+        """
+        conn = self._conn
+        if conn is None or self._checkpoint_due or len(batch) > INLINE_MAX_OPS:
+            return False
+        rows = 0
+        for op in batch:
+            if op.size is None:
+                return False
+            rows += op.size
+        if rows > INLINE_MAX_ROWS:
+            return False
+        try:
+            if not inline.lock.try_acquire():
+                return False
+        except OSError:
+            return False  # the thread meets the error again, and reports it
+        try:
+            try:
+                inline.wait(conn, False)
+                if self._before_batch is not None:
+                    self._before_batch(conn, [op.kind for op in batch])
+            except Exception:  # nothing written yet: let the thread try, and report
+                logger.debug(
+                    "preparing a write on the event loop failed",
+                    exc_info=True,
+                    extra={"action": "write_failed"},
+                )
+                return False
+            if not run_batch(
+                conn,
+                batch,
+                where=self._where,
+                is_busy=self._is_busy,
+                sleep=None,
+                give_up_when_busy=True,
+            ):
+                return False  # busy: rolled back, nothing written
+            self._checkpoint_due = inline.checkpoint_due()
+        finally:
+            inline.lock.release()
+        return True
 
     def _completed(self, batch: list[Op[Any]]) -> None:
         self._busy = False
         for op in batch:
             op.finish()
-        if self._pending:
+        if self._checkpoint_due and not self._busy:
+            # An inline commit took the WAL past the mark: checkpoint now, on the thread.
+            self._to_thread([])
+        elif self._pending:
             self._schedule()
         else:
             self._set_idle()

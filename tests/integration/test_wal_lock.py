@@ -14,12 +14,13 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 import persistq_async as pq
-from persistq_async.backends.wal_lock import LOCK_SUFFIX
+from persistq_async.backends.wal_lock import LOCK_SUFFIX, WalLock
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,8 +29,9 @@ WRITERS = 5
 SECONDS = 4.0
 
 
+@pytest.mark.parametrize("durability", ["full", "normal"])
 async def test_intervals_held_under_the_lock_never_overlap_across_five_writers(
-    tmp_path: Path,
+    tmp_path: Path, durability: str
 ) -> None:
     db = tmp_path / "jobs.db"
     async with pq.Queue(db, name="setup"):
@@ -37,7 +39,7 @@ async def test_intervals_held_under_the_lock_never_overlap_across_five_writers(
     outs = [tmp_path / f"w{i}.json" for i in range(WRITERS)]
     children = [
         subprocess.Popen(  # noqa: ASYNC220 - starting it does not block; the wait is bounded
-            [sys.executable, str(CHILD), str(db), str(SECONDS), str(out)],
+            [sys.executable, str(CHILD), str(db), str(SECONDS), str(out), durability],
             stderr=subprocess.PIPE,
         )
         for out in outs
@@ -109,3 +111,57 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["waits", "0"]
+
+
+def test_try_acquire_never_waits_and_leaves_nothing_held_when_refused(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    lock = WalLock(db)
+    assert lock.try_acquire()
+    other = WalLock(db)  # another open of the lock file: as another process would hold it
+    assert not other.try_acquire()  # flock refuses at once
+    assert not other.locked()  # and the thread lock it took first is given back
+    lock.release()
+    assert other.try_acquire()
+    # Held by another process.
+    other.release()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(db) + LOCK_SUFFIX!r}, os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.readline()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        assert not lock.try_acquire()
+        assert not lock.locked()
+    finally:
+        holder.communicate("\n", timeout=10)
+    assert lock.try_acquire()  # free again once the other process let go
+    lock.release()
+    # Held by another thread of this process: the in-process lock refuses first.
+    held, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            let_go.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(10)
+        assert not lock.try_acquire()
+    finally:
+        let_go.set()
+        thread.join(10)
+    assert lock.try_acquire()
+    lock.release()
