@@ -20,10 +20,17 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    and_,
+    func,
+    select,
     text,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect
+
+from ._types import JobState
 
 __all__ = [
     "ACTIVE",
@@ -33,10 +40,12 @@ __all__ = [
     "QUEUED",
     "RUNNING",
     "MIGRATIONS",
+    "NOT_RUNNING",
     "SCHEMA_VERSION",
     "alert_lease",
     "alert_state",
     "attempts",
+    "count_in_state",
     "jobs",
     "pool_restarts",
     "workers",
@@ -45,10 +54,11 @@ __all__ = [
     "schedules",
     "ticks",
     "queue_settings",
+    "in_state",
 ]
 
 #: Bumped by every migration; a database with a higher version is refused.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: SQLite's ``PRAGMA application_id`` for our files ("pq01"), so a foreign file is recognised.
 APPLICATION_ID = 0x70713031
 
@@ -105,6 +115,36 @@ RUNNING = text("state = 'running'")
 FINISHED = text("state IN ('done', 'dead', 'cancelled')")
 ACTIVE = text("state IN ('queued', 'running')")
 DEDUPE = text("dedupe_key IS NOT NULL AND state IN ('queued', 'running')")
+NOT_RUNNING = text("state <> 'running'")
+
+
+def _in_state(state: JobState) -> ColumnElement[bool]:
+    if state is JobState.RUNNING:
+        return and_(RUNNING)
+    return and_(text(f"state = '{state.value}'"), NOT_RUNNING)
+
+
+_IN_STATE = {state: _in_state(state) for state in JobState}
+
+
+def in_state(state: JobState) -> ColumnElement[bool]:
+    """The jobs in ``state``, as literal SQL that repeats the predicate of the partial index
+    holding them (``persistq_jobs_queue_state``, or ``persistq_jobs_leases`` for running jobs):
+    SQLite uses a partial index only when the query's WHERE repeats its terms, never through a
+    bound parameter."""
+    return _IN_STATE[state]
+
+
+def count_in_state(queue: str, state: JobState) -> ScalarSelect[int]:
+    """How many jobs of ``queue`` are in ``state``, as a scalar subquery that walks the partial
+    index of that state (no index holds every state: see persistq_jobs_queue_state)."""
+    return (
+        select(func.count())
+        .select_from(jobs)
+        .where(jobs.c.queue == queue, in_state(state))
+        .scalar_subquery()
+    )
+
 
 # The claim walks this index in order and stops after LIMIT rows, whatever the backlog.
 Index(
@@ -115,10 +155,12 @@ Index(
     sqlite_where=QUEUED,
     postgresql_where=QUEUED,
 )
-# The rescuer finds expired leases without scanning finished jobs.
+# The rescuer finds expired leases without scanning finished jobs; the queue column lets the
+# running jobs of one queue be counted (flow control's cap, stats) from the index alone.
 Index(
     "persistq_jobs_leases",
     jobs.c.lease_expires_at,
+    jobs.c.queue,
     sqlite_where=RUNNING,
     postgresql_where=RUNNING,
 )
@@ -131,14 +173,14 @@ Index(
     sqlite_where=DEDUPE,
     postgresql_where=DEDUPE,
 )
-# Retention cleaning and list_jobs/stats by state.
+# Retention cleaning: finished jobs by when they finished.
 Index(
     "persistq_jobs_finished",
     jobs.c.finished_at,
     sqlite_where=FINISHED,
     postgresql_where=FINISHED,
 )
-# The next due time of delayed jobs, for waiters.
+# The next due time of delayed jobs, for waiters; ready counts for stats.
 Index(
     "persistq_jobs_due",
     jobs.c.queue,
@@ -146,7 +188,19 @@ Index(
     sqlite_where=QUEUED,
     postgresql_where=QUEUED,
 )
-Index("persistq_jobs_queue_state", jobs.c.queue, jobs.c.state, jobs.c.id)
+# Counts and keyset pages of one queue in one state, the list of queues. Partial (schema 6):
+# running jobs are left out, so a claim (queued -> running) only deletes an entry and an ack
+# only adds one, where a full index costs a delete and an insert at each (and on PostgreSQL a
+# new entry at each, as state changes and no update is HOT). Running jobs are few (bounded by
+# the workers' concurrency) and found through persistq_jobs_leases.
+Index(
+    "persistq_jobs_queue_state",
+    jobs.c.queue,
+    jobs.c.state,
+    jobs.c.id,
+    sqlite_where=NOT_RUNNING,
+    postgresql_where=NOT_RUNNING,
+)
 
 attempts = Table(
     "persistq_attempts",
@@ -341,5 +395,20 @@ def _add_queue_settings(conn: Connection) -> None:
     queue_settings.create(conn, checkfirst=True)
 
 
+def _narrow_indexes(conn: Connection) -> None:
+    """Version 5 to 6: the (queue, state, id) index leaves running jobs out; the leases index
+    carries the queue."""
+    for index in jobs.indexes:
+        if index.name in ("persistq_jobs_queue_state", "persistq_jobs_leases"):
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+            index.create(conn)
+
+
 #: MIGRATIONS[n] upgrades a database from version n + 1 to n + 2. Version 1 is created whole.
-MIGRATIONS: list[Migration] = [_metrics_v2, _add_alerting, _add_schedules, _add_queue_settings]
+MIGRATIONS: list[Migration] = [
+    _metrics_v2,
+    _add_alerting,
+    _add_schedules,
+    _add_queue_settings,
+    _narrow_indexes,
+]

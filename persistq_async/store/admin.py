@@ -4,12 +4,15 @@ queue of a job id, and the batches of bulk requeue and purge.
 Every read here follows an index from where it starts, so a page deep in a million jobs costs
 what the first page costs (no OFFSET scan):
 
-- a page of one queue in one state walks ``persistq_jobs_queue_state`` (queue, state, id);
+- a page of one queue in one state walks ``persistq_jobs_queue_state`` (queue, state, id), a
+  partial index without running jobs; the running jobs of a queue (few: the workers'
+  concurrency bounds them) come from ``persistq_jobs_leases``;
 - a page of every queue in every state walks the primary key;
-- one queue in every state, or one state in every queue, is that many walks of the first
-  index, merged (there are five states, and a database has few queues);
-- the list of queues skips through the same index from one name to the next (a recursive
-  query: one index probe per queue, however many jobs each holds).
+- one queue in every state, or one state in every queue, is that many walks of those indexes,
+  merged (there are five states, and a database has few queues);
+- the list of queues skips through the first index from one name to the next (a recursive
+  query: one index probe per queue, however many jobs each holds), plus the queues of the
+  running jobs.
 
 The bulk writes act on ids a read chose, in one short transaction per batch, and check each
 job's queue and state again inside it.
@@ -20,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, delete, func, select, union, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,7 +31,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .._jobmeta import tag_pattern
 from .._types import FINISHED_STATES, JobState
-from ..schema import attempts, jobs
+from ..schema import NOT_RUNNING, RUNNING, attempts, in_state, jobs
 from .records import AttemptRecord, JobRecord, history
 
 __all__ = [
@@ -43,13 +46,21 @@ __all__ = [
 
 
 def _queue_names_statement() -> Any:
-    # The loose index scan: the smallest name, then the smallest name above it, and so on.
-    names = select(func.min(jobs.c.queue).label("name")).cte("names", recursive=True)
+    # The loose index scan: the smallest name, then the smallest name above it, and so on,
+    # through the partial index (NOT_RUNNING literally, so that SQLite uses it); then the
+    # queues of the running jobs, which that index leaves out.
+    names = (
+        select(func.min(jobs.c.queue).label("name")).where(NOT_RUNNING).cte("names", recursive=True)
+    )
     following = select(
-        select(func.min(jobs.c.queue)).where(jobs.c.queue > names.c.name).scalar_subquery()
+        select(func.min(jobs.c.queue))
+        .where(NOT_RUNNING, jobs.c.queue > names.c.name)
+        .scalar_subquery()
     ).where(names.c.name.is_not(None))
     names = names.union_all(following)
-    return select(names.c.name).where(names.c.name.is_not(None))
+    listed = select(names.c.name).where(names.c.name.is_not(None))
+    running = select(jobs.c.queue.label("name")).where(RUNNING)
+    return union(listed, running).subquery().select().order_by("name")
 
 
 _QUEUE_NAMES = _queue_names_statement()
@@ -81,7 +92,7 @@ def _page(
     if queue is not None:
         stmt = stmt.where(jobs.c.queue == queue)
     if state is not None:
-        stmt = stmt.where(jobs.c.state == state.value)
+        stmt = stmt.where(in_state(state))
     if before is not None:
         return stmt.where(jobs.c.id < before).order_by(jobs.c.id.desc()).limit(limit)
     if after is not None:
@@ -123,7 +134,7 @@ async def list_page(
 
 
 def _matching(queue: str, state: JobState, cutoff: float | None) -> list[ColumnElement[bool]]:
-    conditions = [jobs.c.queue == queue, jobs.c.state == state.value]
+    conditions = [jobs.c.queue == queue, in_state(state)]
     if cutoff is not None:
         # Finished jobs by when they finished; queued and running ones by when they entered.
         when = jobs.c.finished_at if state in FINISHED_STATES else jobs.c.enqueued_at

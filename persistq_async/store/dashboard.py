@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import QUEUED, attempts, jobs
+from ..schema import NOT_RUNNING, QUEUED, RUNNING, attempts, in_state, jobs
 from .records import JobRecord
 
 __all__ = ["JobPage", "QueueSummary", "Throughput", "job_page", "queue_summaries", "throughput"]
@@ -62,11 +62,21 @@ class JobPage:
 async def queue_summaries(conn: AsyncConnection, now: float) -> list[QueueSummary]:
     """Every queue that has jobs, with its counts per state and its ready jobs."""
     counts: dict[str, dict[JobState, int]] = {}
-    rows = await conn.execute(
-        select(jobs.c.queue, jobs.c.state, func.count()).group_by(jobs.c.queue, jobs.c.state)
+    # Two walks: the partial (queue, state, id) index, which leaves running jobs out, and the
+    # leases index (with the queue) for those. Each repeats its index's predicate literally.
+    listed = (
+        select(jobs.c.queue, jobs.c.state, func.count())
+        .where(NOT_RUNNING)
+        .group_by(jobs.c.queue, jobs.c.state)
     )
-    for queue, state, count in rows:
-        counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = int(count)
+    running = (
+        select(jobs.c.queue, jobs.c.state, func.count())
+        .where(RUNNING)
+        .group_by(jobs.c.queue, jobs.c.state)
+    )
+    for stmt in (listed, running):
+        for queue, state, count in await conn.execute(stmt):
+            counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = int(count)
     # QUEUED literally, so that SQLite walks the partial index of queued jobs by due time.
     ready_rows = await conn.execute(
         select(jobs.c.queue, func.count(), func.min(jobs.c.run_at))
@@ -132,24 +142,23 @@ async def job_page(
 ) -> JobPage:
     """Job rows newest first, ``limit`` of them, by keyset on the id: ``before_id`` pages to
     older jobs, ``after_id`` to newer ones. The cost is that of ``limit`` rows, however deep
-    the page (the index on queue, state and id), never a count or an OFFSET."""
-    stmt = select(jobs)
-    if queue is not None:
-        stmt = stmt.where(jobs.c.queue == queue)
-    if state is not None:
-        stmt = stmt.where(jobs.c.state == state.value)
-    if priority is not None:
-        stmt = stmt.where(jobs.c.priority == priority)
-    for tag in tags:
-        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    base = stmt
-    if after_id is not None:
-        stmt = stmt.where(jobs.c.id > after_id).order_by(jobs.c.id.asc())
-    else:
-        if before_id is not None:
-            stmt = stmt.where(jobs.c.id < before_id)
-        stmt = stmt.order_by(jobs.c.id.desc())
-    rows = list(await conn.execute(stmt.limit(limit + 1)))
+    the page (the partial index on queue, state and id, or the leases index for running jobs;
+    one walk per state, merged, for a queue in every state), never a count or an OFFSET."""
+    walks: list[JobState | None]
+    walks = [state] if state is not None or queue is None else list(JobState)
+    bases = [_filtered(queue, walk, priority, tags) for walk in walks]
+    newest_first = after_id is None
+    found: list[Any] = []
+    for base in bases:
+        stmt = base
+        if after_id is not None:
+            stmt = stmt.where(jobs.c.id > after_id).order_by(jobs.c.id.asc())
+        else:
+            if before_id is not None:
+                stmt = stmt.where(jobs.c.id < before_id)
+            stmt = stmt.order_by(jobs.c.id.desc())
+        found.extend(await conn.execute(stmt.limit(limit + 1)))
+    rows = sorted(found, key=lambda r: r.id, reverse=newest_first)[: limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
     if after_id is not None:
@@ -158,8 +167,11 @@ async def job_page(
         return JobPage(records=[], has_older=after_id is not None, has_newer=before_id is not None)
 
     async def exists(cond: Any) -> bool:
-        probe = base.with_only_columns(jobs.c.id).where(cond).limit(1)
-        return (await conn.execute(probe)).first() is not None
+        for base in bases:
+            probe = base.with_only_columns(jobs.c.id).where(cond).limit(1)
+            if (await conn.execute(probe)).first() is not None:
+                return True
+        return False
 
     if after_id is not None:
         has_newer, has_older = more, await exists(jobs.c.id < rows[-1].id)
@@ -169,3 +181,20 @@ async def job_page(
     return JobPage(
         records=[JobRecord.from_row(r) for r in rows], has_older=has_older, has_newer=has_newer
     )
+
+
+def _filtered(
+    queue: str | None, state: JobState | None, priority: int | None, tags: Sequence[str]
+) -> Any:
+    stmt = select(jobs)
+    if queue is not None:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if state is not None:
+        # The literal predicate lets SQLite use the state's partial index for one queue; across
+        # queues the primary key, walked newest first, stops after ``limit`` rows.
+        stmt = stmt.where(in_state(state) if queue is not None else jobs.c.state == state.value)
+    if priority is not None:
+        stmt = stmt.where(jobs.c.priority == priority)
+    for tag in tags:
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
+    return stmt
