@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     and_,
     func,
+    literal_column,
     select,
     text,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "metadata",
     "schedules",
     "ticks",
+    "page_id",
     "queue_settings",
     "in_state",
 ]
@@ -135,6 +137,18 @@ def in_state(state: JobState) -> ColumnElement[bool]:
     return _IN_STATE[state]
 
 
+# The unary plus hides the primary key from SQLite's planner: a walk of running jobs in id
+# order would otherwise follow the primary key and read every job past the keyset, where the
+# leases index holds the few running jobs (and sorting them is cheap).
+_UNINDEXED_ID: ColumnElement[int] = literal_column("+persistq_jobs.id", type_=jobs.c.id.type)
+
+
+def page_id(state: JobState | None) -> ColumnElement[int]:
+    """The id to compare and order by when walking the jobs in ``state`` (None: every state)
+    by id: the column itself, or for running jobs the same value hidden from the planner."""
+    return _UNINDEXED_ID if state is JobState.RUNNING else jobs.c.id
+
+
 def count_in_state(queue: str, state: JobState) -> ScalarSelect[int]:
     """How many jobs of ``queue`` are in ``state``, as a scalar subquery that walks the partial
     index of that state (no index holds every state: see persistq_jobs_queue_state)."""
@@ -155,12 +169,14 @@ Index(
     sqlite_where=QUEUED,
     postgresql_where=QUEUED,
 )
-# The rescuer finds expired leases without scanning finished jobs; the queue column lets the
-# running jobs of one queue be counted (flow control's cap, stats) from the index alone.
+# The rescuer finds expired leases without scanning finished jobs. Queue and state (the
+# latter always 'running' here) make it covering, so the running jobs of one queue are
+# counted (flow control's cap, stats) and the queues listed from the index alone (schema 6).
 Index(
     "persistq_jobs_leases",
     jobs.c.lease_expires_at,
     jobs.c.queue,
+    jobs.c.state,
     sqlite_where=RUNNING,
     postgresql_where=RUNNING,
 )

@@ -31,7 +31,7 @@ from sqlalchemy.sql import ColumnElement
 
 from .._jobmeta import tag_pattern
 from .._types import FINISHED_STATES, JobState
-from ..schema import NOT_RUNNING, RUNNING, attempts, in_state, jobs
+from ..schema import NOT_RUNNING, RUNNING, attempts, in_state, jobs, page_id
 from .records import AttemptRecord, JobRecord, history
 
 __all__ = [
@@ -93,11 +93,12 @@ def _page(
         stmt = stmt.where(jobs.c.queue == queue)
     if state is not None:
         stmt = stmt.where(in_state(state))
+    key = page_id(state)
     if before is not None:
-        return stmt.where(jobs.c.id < before).order_by(jobs.c.id.desc()).limit(limit)
+        return stmt.where(key < before).order_by(key.desc()).limit(limit)
     if after is not None:
-        stmt = stmt.where(jobs.c.id > after)
-    return stmt.order_by(jobs.c.id).limit(limit)
+        stmt = stmt.where(key > after)
+    return stmt.order_by(key).limit(limit)
 
 
 async def list_page(
@@ -159,10 +160,11 @@ async def select_ids(
     limit: int,
 ) -> list[int]:
     """The next ``limit`` ids above ``after`` of the jobs :func:`count_matching` counts."""
+    key = page_id(state)
     stmt = (
         select(jobs.c.id)
-        .where(*_matching(queue, state, cutoff), jobs.c.id > after)
-        .order_by(jobs.c.id)
+        .where(*_matching(queue, state, cutoff), key > after)
+        .order_by(key)
         .limit(limit)
     )
     return [int(i) for i in (await conn.execute(stmt)).scalars()]

@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import ColumnElement
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import NOT_RUNNING, QUEUED, RUNNING, attempts, in_state, jobs
+from ..schema import NOT_RUNNING, QUEUED, RUNNING, attempts, in_state, jobs, page_id
 from .records import JobRecord
 
 __all__ = ["JobPage", "QueueSummary", "Throughput", "job_page", "queue_summaries", "throughput"]
@@ -147,18 +148,15 @@ async def job_page(
     walks: list[JobState | None]
     walks = [state] if state is not None or queue is None else list(JobState)
     bases = [_filtered(queue, walk, priority, tags) for walk in walks]
-    newest_first = after_id is None
     found: list[Any] = []
-    for base in bases:
-        stmt = base
+    for base, key in bases:
         if after_id is not None:
-            stmt = stmt.where(jobs.c.id > after_id).order_by(jobs.c.id.asc())
+            stmt = base.where(key > after_id).order_by(key.asc())
         else:
-            if before_id is not None:
-                stmt = stmt.where(jobs.c.id < before_id)
-            stmt = stmt.order_by(jobs.c.id.desc())
+            stmt = base if before_id is None else base.where(key < before_id)
+            stmt = stmt.order_by(key.desc())
         found.extend(await conn.execute(stmt.limit(limit + 1)))
-    rows = sorted(found, key=lambda r: r.id, reverse=newest_first)[: limit + 1]
+    rows = sorted(found, key=lambda r: int(r.id), reverse=after_id is None)[: limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
     if after_id is not None:
@@ -166,18 +164,18 @@ async def job_page(
     if not rows:
         return JobPage(records=[], has_older=after_id is not None, has_newer=before_id is not None)
 
-    async def exists(cond: Any) -> bool:
-        for base in bases:
-            probe = base.with_only_columns(jobs.c.id).where(cond).limit(1)
-            if (await conn.execute(probe)).first() is not None:
+    async def exists(older: bool, than: int) -> bool:
+        for base, key in bases:
+            probe = base.with_only_columns(jobs.c.id).where(key < than if older else key > than)
+            if (await conn.execute(probe.limit(1))).first() is not None:
                 return True
         return False
 
     if after_id is not None:
-        has_newer, has_older = more, await exists(jobs.c.id < rows[-1].id)
+        has_newer, has_older = more, await exists(True, rows[-1].id)
     else:
         has_older = more
-        has_newer = before_id is not None and await exists(jobs.c.id > rows[0].id)
+        has_newer = before_id is not None and await exists(False, rows[0].id)
     return JobPage(
         records=[JobRecord.from_row(r) for r in rows], has_older=has_older, has_newer=has_newer
     )
@@ -185,16 +183,21 @@ async def job_page(
 
 def _filtered(
     queue: str | None, state: JobState | None, priority: int | None, tags: Sequence[str]
-) -> Any:
+) -> tuple[Any, ColumnElement[int]]:
+    """The walk's select and the id to page on."""
     stmt = select(jobs)
+    key: ColumnElement[int] = jobs.c.id
     if queue is not None:
         stmt = stmt.where(jobs.c.queue == queue)
     if state is not None:
-        # The literal predicate lets SQLite use the state's partial index for one queue; across
-        # queues the primary key, walked newest first, stops after ``limit`` rows.
-        stmt = stmt.where(in_state(state) if queue is not None else jobs.c.state == state.value)
+        # For one queue, the literal predicate lets SQLite use the state's partial index;
+        # across queues the primary key, walked newest first, stops after ``limit`` rows.
+        if queue is None:
+            stmt = stmt.where(jobs.c.state == state.value)
+        else:
+            stmt, key = stmt.where(in_state(state)), page_id(state)
     if priority is not None:
         stmt = stmt.where(jobs.c.priority == priority)
     for tag in tags:
         stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    return stmt
+    return stmt, key

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import attempts, count_in_state, in_state, jobs
+from ..schema import attempts, count_in_state, in_state, jobs, page_id
 from .records import AttemptRecord, JobRecord, history
 
 __all__ = ["active_count", "counts", "list_jobs", "read_job"]
@@ -61,7 +61,7 @@ async def list_jobs(
         stmt = select(jobs).where(jobs.c.queue == queue, in_state(walk))
         for tag in tags:
             stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-        stmt = stmt.order_by(jobs.c.id)
+        stmt = stmt.order_by(page_id(walk))
         if state is None:
             rows.extend(await conn.execute(stmt.limit(offset + limit)))
         else:
