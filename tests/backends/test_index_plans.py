@@ -90,11 +90,11 @@ async def captured_reads(q: pq.Queue) -> list[tuple[str, Any]]:
 async def explain(q: pq.Queue, statement: str, parameters: Any, sqlite: bool) -> str:
     async with read_connection(q) as conn:
         if sqlite:
-            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
-            return " | ".join(str(r[3]) for r in rows)
+            found = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            return " | ".join(str(r[-1]) for r in found)  # the plan step's detail
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        rows = await conn.exec_driver_sql("EXPLAIN " + statement, parameters)
-        return " | ".join(str(r[0]).strip() for r in rows)
+        found = await conn.exec_driver_sql("EXPLAIN " + statement, parameters)
+        return " | ".join(str(r[0]).strip() for r in found)
 
 
 async def test_every_read_of_a_queue_uses_an_index(backend_url: str, queue_name: str) -> None:
