@@ -74,7 +74,8 @@ async def migrate_and_check(url: str) -> None:
     async with pq.Queue(url, name="mail") as q:
         after = await index_definitions(url)
         listed = after["persistq_jobs_queue_state"]
-        assert "WHERE" in listed.upper() and "running" in listed, listed
+        assert "WHERE" in listed.upper(), listed
+        assert "running" in listed, listed
         leases = after["persistq_jobs_leases"]
         assert "lease_expires_at, queue, state" in leases, leases
         assert set(after) == set(before)  # the other indexes untouched, none lost
@@ -95,7 +96,8 @@ async def migrate_and_check(url: str) -> None:
         assert await q.queue_names() == ["mail"]
         # the job path works on the migrated indexes
         job = await q.get_nowait()
-        assert job is not None and job.id == ids[3]
+        assert job is not None
+        assert job.id == ids[3]
         await job.ack()
         assert (await q.stats()).done == 2
         assert [i.id for i in await q.list_jobs(state=pq.JobState.DONE)] == [ids[0], ids[3]]
