@@ -41,7 +41,6 @@ __all__ = [
     "QUEUED",
     "RUNNING",
     "MIGRATIONS",
-    "NOT_RUNNING",
     "SCHEMA_VERSION",
     "alert_lease",
     "alert_state",
@@ -117,29 +116,31 @@ RUNNING = text("state = 'running'")
 FINISHED = text("state IN ('done', 'dead', 'cancelled')")
 ACTIVE = text("state IN ('queued', 'running')")
 DEDUPE = text("dedupe_key IS NOT NULL AND state IN ('queued', 'running')")
-NOT_RUNNING = text("state <> 'running'")
 
 
 def _in_state(state: JobState) -> ColumnElement[bool]:
+    if state is JobState.QUEUED:
+        return and_(QUEUED)
     if state is JobState.RUNNING:
         return and_(RUNNING)
-    return and_(text(f"state = '{state.value}'"), NOT_RUNNING)
+    return and_(text(f"state = '{state.value}'"), FINISHED)
 
 
 _IN_STATE = {state: _in_state(state) for state in JobState}
 
 
 def in_state(state: JobState) -> ColumnElement[bool]:
-    """The jobs in ``state``, as literal SQL that repeats the predicate of the partial index
-    holding them (``persistq_jobs_queue_state``, or ``persistq_jobs_leases`` for running jobs):
-    SQLite uses a partial index only when the query's WHERE repeats its terms, never through a
-    bound parameter."""
+    """The jobs in ``state``, as literal SQL that repeats the predicate of the partial indexes
+    holding them (queued: ``persistq_jobs_ready`` and ``_due``; running: ``_leases``; finished:
+    ``_queue_state`` and ``_finished``): SQLite uses a partial index only when the query's WHERE
+    repeats its terms, never through a bound parameter."""
     return _IN_STATE[state]
 
 
 # The unary plus hides the primary key from SQLite's planner: a walk of running jobs in id
 # order would otherwise follow the primary key and read every job past the keyset, where the
-# leases index holds the few running jobs (and sorting them is cheap).
+# leases index holds the few running jobs (and sorting them is cheap). Queued jobs are walked
+# through the ready index, one priority at a time (see store/walks.py).
 _UNINDEXED_ID: ColumnElement[int] = literal_column("+persistq_jobs.id", type_=jobs.c.id.type)
 
 
@@ -151,7 +152,7 @@ def page_id(state: JobState | None) -> ColumnElement[int]:
 
 def count_in_state(queue: str, state: JobState) -> ScalarSelect[int]:
     """How many jobs of ``queue`` are in ``state``, as a scalar subquery that walks the partial
-    index of that state (no index holds every state: see persistq_jobs_queue_state)."""
+    index of that state (no index holds every state since schema 6)."""
     return (
         select(func.count())
         .select_from(jobs)
@@ -196,26 +197,30 @@ Index(
     sqlite_where=FINISHED,
     postgresql_where=FINISHED,
 )
-# The next due time of delayed jobs, for waiters; ready counts for stats.
+# The next due time of delayed jobs, for waiters; ready counts for stats. The state (always
+# 'queued' here) makes it covering for the counts of queued jobs (schema 6): SQLite reads a
+# column of a partial index's predicate from the table unless the index holds it.
 Index(
     "persistq_jobs_due",
     jobs.c.queue,
     jobs.c.run_at,
+    jobs.c.state,
     sqlite_where=QUEUED,
     postgresql_where=QUEUED,
 )
-# Counts and keyset pages of one queue in one state, the list of queues. Partial (schema 6):
-# running jobs are left out, so a claim (queued -> running) only deletes an entry and an ack
-# only adds one, where a full index costs a delete and an insert at each (and on PostgreSQL a
-# new entry at each, as state changes and no update is HOT). Running jobs are few (bounded by
-# the workers' concurrency) and found through persistq_jobs_leases.
+# Counts and keyset pages of the finished jobs of one queue in one state; the list of queues.
+# Partial (schema 6): the queued and running jobs, which every job passes through, are found
+# through the ready and leases indexes instead, so a put and a claim no longer write an entry
+# here (a full index cost an insert at the put and a delete and an insert at the claim and at
+# the ack; on PostgreSQL, where no claim or ack is a HOT update as state changes, a new entry
+# at each).
 Index(
     "persistq_jobs_queue_state",
     jobs.c.queue,
     jobs.c.state,
     jobs.c.id,
-    sqlite_where=NOT_RUNNING,
-    postgresql_where=NOT_RUNNING,
+    sqlite_where=FINISHED,
+    postgresql_where=FINISHED,
 )
 
 attempts = Table(
@@ -412,10 +417,10 @@ def _add_queue_settings(conn: Connection) -> None:
 
 
 def _narrow_indexes(conn: Connection) -> None:
-    """Version 5 to 6: the (queue, state, id) index leaves running jobs out; the leases index
-    carries the queue."""
+    """Version 5 to 6: the (queue, state, id) index holds finished jobs only; the leases and
+    due indexes carry the state (and the leases index the queue) to cover the counts."""
     for index in jobs.indexes:
-        if index.name in ("persistq_jobs_queue_state", "persistq_jobs_leases"):
+        if index.name in ("persistq_jobs_queue_state", "persistq_jobs_leases", "persistq_jobs_due"):
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
             index.create(conn)
 

@@ -4,15 +4,15 @@ queue of a job id, and the batches of bulk requeue and purge.
 Every read here follows an index from where it starts, so a page deep in a million jobs costs
 what the first page costs (no OFFSET scan):
 
-- a page of one queue in one state walks ``persistq_jobs_queue_state`` (queue, state, id), a
-  partial index without running jobs; the running jobs of a queue (few: the workers'
-  concurrency bounds them) come from ``persistq_jobs_leases``;
+- a page of one queue in one state walks the partial index of that state in id order (see
+  :mod:`.walks`: finished jobs ``persistq_jobs_queue_state``, queued ones the ready index one
+  priority at a time, running ones, few, the leases index);
 - a page of every queue in every state walks the primary key;
 - one queue in every state, or one state in every queue, is that many walks of those indexes,
   merged (there are five states, and a database has few queues);
-- the list of queues skips through the first index from one name to the next (a recursive
-  query: one index probe per queue, however many jobs each holds), plus the queues of the
-  running jobs.
+- the list of queues skips through the finished and the ready index from one name to the
+  next (a recursive query: one index probe per queue, however many jobs each holds), plus the
+  queues of the running jobs.
 
 The bulk writes act on ids a read chose, in one short transaction per batch, and check each
 job's queue and state again inside it.
@@ -31,8 +31,9 @@ from sqlalchemy.sql import ColumnElement
 
 from .._jobmeta import tag_pattern
 from .._types import FINISHED_STATES, JobState
-from ..schema import NOT_RUNNING, RUNNING, attempts, in_state, jobs, page_id
+from ..schema import FINISHED, QUEUED, RUNNING, attempts, in_state, jobs
 from .records import AttemptRecord, JobRecord, history
+from .walks import keyed, walk
 
 __all__ = [
     "count_matching",
@@ -45,22 +46,23 @@ __all__ = [
 ]
 
 
-def _queue_names_statement() -> Any:
+def _loose_scan(where: Any, name: str) -> Any:
     # The loose index scan: the smallest name, then the smallest name above it, and so on,
-    # through the partial index (NOT_RUNNING literally, so that SQLite uses it); then the
-    # queues of the running jobs, which that index leaves out.
-    names = (
-        select(func.min(jobs.c.queue).label("name")).where(NOT_RUNNING).cte("names", recursive=True)
-    )
+    # through a partial index that leads with the queue (its predicate repeated literally).
+    names = select(func.min(jobs.c.queue).label("name")).where(where).cte(name, recursive=True)
     following = select(
-        select(func.min(jobs.c.queue))
-        .where(NOT_RUNNING, jobs.c.queue > names.c.name)
-        .scalar_subquery()
+        select(func.min(jobs.c.queue)).where(where, jobs.c.queue > names.c.name).scalar_subquery()
     ).where(names.c.name.is_not(None))
     names = names.union_all(following)
-    listed = select(names.c.name).where(names.c.name.is_not(None))
+    return select(names.c.name).where(names.c.name.is_not(None))
+
+
+def _queue_names_statement() -> Any:
+    # No index holds every job (schema 6): the queues of the finished jobs, of the queued ones
+    # (the ready index), and of the running ones (few; the leases index alone).
     running = select(jobs.c.queue.label("name")).where(RUNNING)
-    return union(listed, running).subquery().select().order_by("name")
+    found = union(_loose_scan(FINISHED, "finished"), _loose_scan(QUEUED, "queued"), running)
+    return found.subquery().select().order_by("name")
 
 
 _QUEUE_NAMES = _queue_names_statement()
@@ -78,6 +80,17 @@ async def find_queue(conn: AsyncConnection, job_id: int) -> str | None:
     return None if queue is None else str(queue)
 
 
+def _filtered(queue: str | None, state: JobState | None, tags: Sequence[str]) -> Any:
+    stmt = select(jobs)
+    for tag in tags:
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
+    if queue is not None:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if state is not None:
+        stmt = stmt.where(in_state(state))
+    return stmt
+
+
 def _page(
     queue: str | None,
     state: JobState | None,
@@ -86,19 +99,15 @@ def _page(
     before: int | None,
     tags: Sequence[str] = (),
 ) -> Any:
-    stmt = select(jobs)
-    for tag in tags:
-        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    if queue is not None:
-        stmt = stmt.where(jobs.c.queue == queue)
-    if state is not None:
-        stmt = stmt.where(in_state(state))
-    key = page_id(state)
-    if before is not None:
-        return stmt.where(key < before).order_by(key.desc()).limit(limit)
-    if after is not None:
-        stmt = stmt.where(key > after)
-    return stmt.order_by(key).limit(limit)
+    # One walk of an index (queued jobs: of one priority; see .walks).
+    return keyed(
+        _filtered(queue, state, tags),
+        state,
+        after=None if before is not None else after,
+        before=before,
+        descending=before is not None,
+        limit=limit,
+    )
 
 
 async def list_page(
@@ -113,15 +122,28 @@ async def list_page(
     """Up to ``limit`` jobs, oldest first: of ``queue`` (every queue when None), in ``state``
     (every state when None), having every one of ``tags``, with ids above ``after`` or, given
     ``before``, the last ones below it; with their attempts."""
-    if (queue is None) == (state is None):
-        walks: list[tuple[str | None, JobState | None]] = [(queue, state)]
-    elif queue is not None:
-        walks = [(queue, s) for s in JobState]
+    if queue is None and state is None:
+        rows = list(await conn.execute(_page(None, None, limit, after, before, tags)))
     else:
-        walks = [(name, state) for name in await queue_names(conn)]
-    rows: list[Row[Any]] = []
-    for walk_queue, walk_state in walks:
-        rows.extend(await conn.execute(_page(walk_queue, walk_state, limit, after, before, tags)))
+        if queue is not None:
+            pairs = [(queue, s) for s in JobState] if state is None else [(queue, state)]
+        else:
+            assert state is not None
+            pairs = [(name, state) for name in await queue_names(conn)]
+        rows = []
+        for walk_queue, walk_state in pairs:
+            rows.extend(
+                await walk(
+                    conn,
+                    _filtered(walk_queue, walk_state, tags),
+                    walk_queue,
+                    walk_state,
+                    after=None if before is not None else after,
+                    before=before,
+                    descending=before is not None,
+                    limit=limit,
+                )
+            )
     records = sorted((JobRecord.from_row(r) for r in rows), key=lambda r: r.id)
     records = records[-limit:] if before is not None else records[:limit]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}
@@ -160,14 +182,8 @@ async def select_ids(
     limit: int,
 ) -> list[int]:
     """The next ``limit`` ids above ``after`` of the jobs :func:`count_matching` counts."""
-    key = page_id(state)
-    stmt = (
-        select(jobs.c.id)
-        .where(*_matching(queue, state, cutoff), key > after)
-        .order_by(key)
-        .limit(limit)
-    )
-    return [int(i) for i in (await conn.execute(stmt)).scalars()]
+    chosen = select(jobs.c.id).where(*_matching(queue, state, cutoff))
+    return [int(r.id) for r in await walk(conn, chosen, queue, state, after=after, limit=limit)]
 
 
 def requeue_ids(conn: Connection, queue: str, state: JobState, ids: list[int], now: float) -> int:

@@ -11,14 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import ColumnElement
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import NOT_RUNNING, QUEUED, RUNNING, attempts, in_state, jobs, page_id
+from ..schema import FINISHED, QUEUED, attempts, in_state, jobs
 from .records import JobRecord
+from .walks import keyed, walk
 
 __all__ = ["JobPage", "QueueSummary", "Throughput", "job_page", "queue_summaries", "throughput"]
 
@@ -63,19 +63,20 @@ class JobPage:
 async def queue_summaries(conn: AsyncConnection, now: float) -> list[QueueSummary]:
     """Every queue that has jobs, with its counts per state and its ready jobs."""
     counts: dict[str, dict[JobState, int]] = {}
-    # Two walks: the partial (queue, state, id) index, which leaves running jobs out, and the
-    # leases index (with the queue) for those. Each repeats its index's predicate literally.
-    listed = (
+    # One walk per index, each repeating its predicate literally: the finished jobs by
+    # (queue, state), the queued ones (ready index) and the running ones (leases) by queue.
+    finished = (
         select(jobs.c.queue, jobs.c.state, func.count())
-        .where(NOT_RUNNING)
+        .where(FINISHED)
         .group_by(jobs.c.queue, jobs.c.state)
     )
-    running = (
-        select(jobs.c.queue, jobs.c.state, func.count())
-        .where(RUNNING)
-        .group_by(jobs.c.queue, jobs.c.state)
-    )
-    for stmt in (listed, running):
+    active = [
+        select(jobs.c.queue, literal(s.value), func.count())
+        .where(in_state(s))
+        .group_by(jobs.c.queue)
+        for s in (JobState.QUEUED, JobState.RUNNING)
+    ]
+    for stmt in (finished, *active):
         for queue, state, count in await conn.execute(stmt):
             counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = int(count)
     # QUEUED literally, so that SQLite walks the partial index of queued jobs by due time.
@@ -143,20 +144,19 @@ async def job_page(
 ) -> JobPage:
     """Job rows newest first, ``limit`` of them, by keyset on the id: ``before_id`` pages to
     older jobs, ``after_id`` to newer ones. The cost is that of ``limit`` rows, however deep
-    the page (the partial index on queue, state and id, or the leases index for running jobs;
-    one walk per state, merged, for a queue in every state), never a count or an OFFSET."""
-    walks: list[JobState | None]
-    walks = [state] if state is not None or queue is None else list(JobState)
-    bases = [_filtered(queue, walk, priority, tags) for walk in walks]
+    the page (the walks of :mod:`.walks` through each state's partial index; one per state,
+    merged, for a queue in every state), never a count or an OFFSET."""
+    states: list[JobState | None]
+    states = [state] if state is not None or queue is None else list(JobState)
+    bases = [_filtered(queue, walked, priority, tags) for walked in states]
     found: list[Any] = []
-    for base, key in bases:
-        if after_id is not None:
-            stmt = base.where(key > after_id).order_by(key.asc())
-        else:
-            stmt = base if before_id is None else base.where(key < before_id)
-            stmt = stmt.order_by(key.desc())
-        found.extend(await conn.execute(stmt.limit(limit + 1)))
-    rows = sorted(found, key=lambda r: int(r.id), reverse=after_id is None)[: limit + 1]
+    newest_first = after_id is None
+    before = before_id if newest_first else None
+    for base, walked in zip(bases, states, strict=True):
+        found.extend(
+            await _walk(conn, base, queue, walked, after_id, before, newest_first, limit + 1)
+        )
+    rows = sorted(found, key=lambda r: int(r.id), reverse=newest_first)[: limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
     if after_id is not None:
@@ -165,9 +165,10 @@ async def job_page(
         return JobPage(records=[], has_older=after_id is not None, has_newer=before_id is not None)
 
     async def exists(older: bool, than: int) -> bool:
-        for base, key in bases:
-            probe = base.with_only_columns(jobs.c.id).where(key < than if older else key > than)
-            if (await conn.execute(probe.limit(1))).first() is not None:
+        for base, walked in zip(bases, states, strict=True):
+            probe = base.with_only_columns(jobs.c.id)
+            after, before = (None, than) if older else (than, None)
+            if await _walk(conn, probe, queue, walked, after, before, older, 1):
                 return True
         return False
 
@@ -181,23 +182,37 @@ async def job_page(
     )
 
 
+async def _walk(
+    conn: AsyncConnection,
+    stmt: Any,
+    queue: str | None,
+    state: JobState | None,
+    after: int | None,
+    before: int | None,
+    descending: bool,
+    limit: int,
+) -> list[Any]:
+    if queue is None or state is None:
+        # across queues (or every state of every queue) the primary key, newest first
+        page = keyed(stmt, None, after=after, before=before, descending=descending, limit=limit)
+        return list(await conn.execute(page))
+    return await walk(
+        conn, stmt, queue, state, after=after, before=before, descending=descending, limit=limit
+    )
+
+
 def _filtered(
     queue: str | None, state: JobState | None, priority: int | None, tags: Sequence[str]
-) -> tuple[Any, ColumnElement[int]]:
-    """The walk's select and the id to page on."""
+) -> Any:
     stmt = select(jobs)
-    key: ColumnElement[int] = jobs.c.id
     if queue is not None:
         stmt = stmt.where(jobs.c.queue == queue)
     if state is not None:
         # For one queue, the literal predicate lets SQLite use the state's partial index;
         # across queues the primary key, walked newest first, stops after ``limit`` rows.
-        if queue is None:
-            stmt = stmt.where(jobs.c.state == state.value)
-        else:
-            stmt, key = stmt.where(in_state(state)), page_id(state)
+        stmt = stmt.where(jobs.c.state == state.value if queue is None else in_state(state))
     if priority is not None:
         stmt = stmt.where(jobs.c.priority == priority)
     for tag in tags:
         stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    return stmt, key
+    return stmt

@@ -10,8 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import attempts, count_in_state, in_state, jobs, page_id
+from ..schema import attempts, count_in_state, in_state, jobs
 from .records import AttemptRecord, JobRecord, history
+from .walks import walk
 
 __all__ = ["active_count", "counts", "list_jobs", "read_job"]
 
@@ -57,18 +58,13 @@ async def list_jobs(
 
     Without a state, one walk per state (each its own partial index, in id order), merged."""
     rows: list[Row[Any]] = []
-    for walk in JobState if state is None else (state,):
-        stmt = select(jobs).where(jobs.c.queue == queue, in_state(walk))
+    for state_walked in JobState if state is None else (state,):
+        stmt = select(jobs).where(jobs.c.queue == queue, in_state(state_walked))
         for tag in tags:
             stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-        stmt = stmt.order_by(page_id(walk))
-        if state is None:
-            rows.extend(await conn.execute(stmt.limit(offset + limit)))
-        else:
-            rows.extend(await conn.execute(stmt.limit(limit).offset(offset)))
-    records = [JobRecord.from_row(r) for r in rows]
-    if state is None:
-        records = sorted(records, key=lambda r: r.id)[offset : offset + limit]
+        rows.extend(await walk(conn, stmt, queue, state_walked, limit=offset + limit))
+    records = sorted((JobRecord.from_row(r) for r in rows), key=lambda r: r.id)
+    records = records[offset : offset + limit]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}
     if records:
         history_rows = await conn.execute(

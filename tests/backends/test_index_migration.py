@@ -21,9 +21,11 @@ from persistq_async import schema
 from persistq_async.backends import normalize_url
 from tests.conftest import private_pg_database
 
+REPLACED = ("persistq_jobs_queue_state", "persistq_jobs_leases", "persistq_jobs_due")
 VERSION_5_INDEXES = (
     "CREATE INDEX persistq_jobs_queue_state ON persistq_jobs (queue, state, id)",
     "CREATE INDEX persistq_jobs_leases ON persistq_jobs (lease_expires_at) WHERE state = 'running'",
+    "CREATE INDEX persistq_jobs_due ON persistq_jobs (queue, run_at) WHERE state = 'queued'",
 )
 
 
@@ -52,8 +54,7 @@ async def index_definitions(url: str) -> dict[str, str]:
 async def downgrade_to_version_5(url: str) -> None:
     await execute(
         url,
-        "DROP INDEX persistq_jobs_queue_state",
-        "DROP INDEX persistq_jobs_leases",
+        *(f"DROP INDEX {name}" for name in REPLACED),
         *VERSION_5_INDEXES,
         "UPDATE persistq_meta SET value = '5' WHERE key = 'schema_version'",
     )
@@ -75,11 +76,14 @@ async def migrate_and_check(url: str) -> None:
         after = await index_definitions(url)
         listed = after["persistq_jobs_queue_state"]
         assert "WHERE" in listed.upper(), listed
-        assert "running" in listed, listed
+        assert "cancelled" in listed, listed
+        assert "queued" not in listed, listed
+        assert "running" not in listed, listed
         leases = after["persistq_jobs_leases"]
         assert "lease_expires_at, queue, state" in leases, leases
+        assert "queue, run_at, state" in after["persistq_jobs_due"]
         assert set(after) == set(before)  # the other indexes untouched, none lost
-        for name in set(after) - {"persistq_jobs_queue_state", "persistq_jobs_leases"}:
+        for name in set(after) - set(REPLACED):
             assert after[name] == before[name]
         stats = await q.stats()
         assert (stats.queued, stats.running, stats.done, stats.dead, stats.cancelled) == (

@@ -128,13 +128,46 @@ async def test_every_read_of_a_queue_uses_an_index(backend_url: str, queue_name:
 
 
 async def test_the_stats_counts_search_each_states_index_on_sqlite(db_path: object) -> None:
-    """The per-state counts are searches of (queue, state) ranges, and the running ones a walk
-    of the leases index alone (it holds the queue and the state: covering)."""
+    """The per-state counts are searches of (queue, state) ranges of the finished jobs' index,
+    of the queue's range of the due index for the queued jobs, and a walk of the leases index
+    for the running ones: each from the index alone (covering)."""
     async with pq.Queue(str(db_path), name="a") as q:
         await fill(q)
         statements = await captured_reads(q)
         counts = [s for s, _ in statements if s.count("count(*)") == 5]
         assert counts, "the stats' per-state counts were not sent"
         plan = await explain(q, counts[0], next(p for s, p in statements if s == counts[0]), True)
-        assert plan.count("persistq_jobs_queue_state (queue=? AND state=?)") == 4, plan
+        assert plan.count("COVERING INDEX persistq_jobs_queue_state (queue=? AND state=?)") == 3
+        assert plan.count("SEARCH persistq_jobs USING COVERING INDEX persistq_jobs_due (queue=?)")
         assert plan.count("SCAN persistq_jobs USING COVERING INDEX persistq_jobs_leases") == 1
+
+
+async def test_queued_jobs_are_paged_one_priority_at_a_time(backend_url: str) -> None:
+    """Queued jobs are walked in id order through the ready index, one walk per priority,
+    merged; past MAX_PRIORITY_WALKS priorities one sorted walk gives the same pages."""
+    from persistq_async.store import walks
+
+    sqlite = not backend_url.startswith("postgresql")
+    async with open_queue(backend_url, f"prio-{time.time_ns()}") as q:
+        ids = [await q.put(i, priority=i % 3) for i in range(9)]
+        statements = await captured_reads(q)
+        by_priority = [s for s, _ in statements if "persistq_jobs.priority =" in s]
+        assert by_priority, "no walk of one priority was sent"
+        for statement, parameters in statements:
+            if statement in by_priority:
+                plan = await explain(q, statement, parameters, sqlite)
+                assert "persistq_jobs_ready" in plan, plan
+        first = [i.id for i in await q.list_jobs(state=pq.JobState.QUEUED, limit=4)]
+        assert first == ids[:4]
+        async with read_connection(q) as conn:
+            assert await walks.queued_priorities(conn, q.name) == [2, 1, 0]
+            page = await admin.list_page(conn, q.name, pq.JobState.QUEUED, 3, ids[2], None)
+            assert [r.id for r, _ in page] == ids[3:6]
+            page = await admin.list_page(conn, q.name, pq.JobState.QUEUED, 3, None, ids[5])
+            assert [r.id for r, _ in page] == ids[2:5]
+        # more priorities than walked one by one: the sorted walk, same order
+        many = [await q.put(i, priority=100 + i) for i in range(walks.MAX_PRIORITY_WALKS + 1)]
+        async with read_connection(q) as conn:
+            assert await walks.queued_priorities(conn, q.name) is None
+            page = await admin.list_page(conn, q.name, pq.JobState.QUEUED, 12, ids[2], None)
+            assert [r.id for r, _ in page] == [*ids[3:], *many[:6]]
