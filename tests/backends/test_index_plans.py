@@ -156,7 +156,8 @@ async def test_queued_jobs_are_paged_one_priority_at_a_time(backend_url: str) ->
         for statement, parameters in statements:
             if statement in by_priority:
                 plan = await explain(q, statement, parameters, sqlite)
-                assert "persistq_jobs_ready" in plan, plan
+                # PostgreSQL chooses by cost (on a few rows the primary key may win)
+                assert "persistq_jobs_ready" in plan if sqlite else "Seq Scan" not in plan, plan
         first = [i.id for i in await q.list_jobs(state=pq.JobState.QUEUED, limit=4)]
         assert first == ids[:4]
         async with read_connection(q) as conn:
