@@ -113,7 +113,12 @@ jobs = Table(
 # repeats the index's WHERE term for term.
 QUEUED = text("state = 'queued'")
 RUNNING = text("state = 'running'")
-FINISHED = text("state IN ('done', 'dead', 'cancelled')")
+# Not an IN list (schema 6): SQLite evaluates a partial index's predicate on every insert and
+# on every update of the state, and an IN list of three or more values builds a temporary
+# b-tree for each evaluation; two inequalities cost nothing. It was about 40% of the
+# instructions of a raw put, claim and ack. Exact while JobState has these five states (a test
+# checks it).
+FINISHED = text("state <> 'queued' AND state <> 'running'")
 ACTIVE = text("state IN ('queued', 'running')")
 DEDUPE = text("dedupe_key IS NOT NULL AND state IN ('queued', 'running')")
 
@@ -416,11 +421,20 @@ def _add_queue_settings(conn: Connection) -> None:
     queue_settings.create(conn, checkfirst=True)
 
 
+_NARROWED = (
+    "persistq_jobs_queue_state",
+    "persistq_jobs_leases",
+    "persistq_jobs_due",
+    "persistq_jobs_finished",
+)
+
+
 def _narrow_indexes(conn: Connection) -> None:
     """Version 5 to 6: the (queue, state, id) index holds finished jobs only; the leases and
-    due indexes carry the state (and the leases index the queue) to cover the counts."""
+    due indexes carry the state (and the leases index the queue) to cover the counts; the
+    finished jobs' predicate is no longer an IN list."""
     for index in jobs.indexes:
-        if index.name in ("persistq_jobs_queue_state", "persistq_jobs_leases", "persistq_jobs_due"):
+        if index.name in _NARROWED:
             conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
             index.create(conn)
 

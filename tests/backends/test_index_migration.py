@@ -21,11 +21,18 @@ from persistq_async import schema
 from persistq_async.backends import normalize_url
 from tests.conftest import private_pg_database
 
-REPLACED = ("persistq_jobs_queue_state", "persistq_jobs_leases", "persistq_jobs_due")
+REPLACED = (
+    "persistq_jobs_queue_state",
+    "persistq_jobs_leases",
+    "persistq_jobs_due",
+    "persistq_jobs_finished",
+)
 VERSION_5_INDEXES = (
     "CREATE INDEX persistq_jobs_queue_state ON persistq_jobs (queue, state, id)",
     "CREATE INDEX persistq_jobs_leases ON persistq_jobs (lease_expires_at) WHERE state = 'running'",
     "CREATE INDEX persistq_jobs_due ON persistq_jobs (queue, run_at) WHERE state = 'queued'",
+    "CREATE INDEX persistq_jobs_finished ON persistq_jobs (finished_at) "
+    "WHERE state IN ('done', 'dead', 'cancelled')",
 )
 
 
@@ -76,9 +83,11 @@ async def migrate_and_check(url: str) -> None:
         after = await index_definitions(url)
         listed = after["persistq_jobs_queue_state"]
         assert "WHERE" in listed.upper(), listed
-        assert "cancelled" in listed, listed
-        assert "queued" not in listed, listed
-        assert "running" not in listed, listed
+        # finished jobs only, by two inequalities (no IN list: see schema.FINISHED)
+        for name in ("persistq_jobs_queue_state", "persistq_jobs_finished"):
+            assert "<> 'queued'" in after[name], after[name]
+            assert "<> 'running'" in after[name], after[name]
+            assert "'done'" not in after[name], after[name]
         leases = after["persistq_jobs_leases"]
         assert "lease_expires_at, queue, state" in leases, leases
         assert "queue, run_at, state" in after["persistq_jobs_due"]

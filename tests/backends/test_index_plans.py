@@ -97,6 +97,15 @@ async def explain(q: pq.Queue, statement: str, parameters: Any, sqlite: bool) ->
         return " | ".join(str(r[0]).strip() for r in found)
 
 
+def test_the_finished_predicate_names_every_state_that_is_not_finished() -> None:
+    """schema.FINISHED says "neither queued nor running" (two inequalities are cheaper for
+    SQLite than an IN list): exact only while those are the states that are not finished."""
+    from persistq_async import schema
+
+    assert set(pq.JobState) - pq.FINISHED_STATES == {pq.JobState.QUEUED, pq.JobState.RUNNING}
+    assert str(schema.FINISHED) == "state <> 'queued' AND state <> 'running'"
+
+
 async def test_every_read_of_a_queue_uses_an_index(backend_url: str, queue_name: str) -> None:
     sqlite = not backend_url.startswith("postgresql")
     async with open_queue(backend_url, queue_name) as q:
