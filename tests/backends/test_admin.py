@@ -222,8 +222,9 @@ def test_create_false_refuses_a_postgres_database_without_our_tables() -> None:
 
 
 async def test_every_listing_and_bulk_read_follows_an_index_on_sqlite(tmp_path: Path) -> None:
-    """The plans SQLite chooses: index searches from the keyset, never a scan or a sort, so
-    a page deep in a million jobs reads what the first page reads."""
+    """The plans SQLite chooses: index searches from the keyset, never a scan of the table or
+    a sort of it, so a page deep in a million jobs reads what the first page reads (running
+    jobs, few, are walked through the leases index that holds only them, and sorted)."""
     from sqlalchemy import func, select
     from sqlalchemy.dialects import sqlite
 
