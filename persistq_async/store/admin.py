@@ -4,12 +4,15 @@ queue of a job id, and the batches of bulk requeue and purge.
 Every read here follows an index from where it starts, so a page deep in a million jobs costs
 what the first page costs (no OFFSET scan):
 
-- a page of one queue in one state walks ``persistq_jobs_queue_state`` (queue, state, id);
+- a page of one queue in one state walks the partial index of that state in id order (see
+  :mod:`.walks`: finished jobs ``persistq_jobs_queue_state``, queued ones the ready index one
+  priority at a time, running ones, few, the leases index);
 - a page of every queue in every state walks the primary key;
-- one queue in every state, or one state in every queue, is that many walks of the first
-  index, merged (there are five states, and a database has few queues);
-- the list of queues skips through the same index from one name to the next (a recursive
-  query: one index probe per queue, however many jobs each holds).
+- one queue in every state, or one state in every queue, is that many walks of those indexes,
+  merged (there are five states, and a database has few queues);
+- the list of queues skips through the finished and the ready index from one name to the
+  next (a recursive query: one index probe per queue, however many jobs each holds), plus the
+  queues of the running jobs.
 
 The bulk writes act on ids a read chose, in one short transaction per batch, and check each
 job's queue and state again inside it.
@@ -20,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, delete, func, select, union, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -28,8 +31,9 @@ from sqlalchemy.sql import ColumnElement
 
 from .._jobmeta import tag_pattern
 from .._types import FINISHED_STATES, JobState
-from ..schema import attempts, jobs
+from ..schema import FINISHED, QUEUED, RUNNING, attempts, in_state, jobs
 from .records import AttemptRecord, JobRecord, history
+from .walks import keyed, walk
 
 __all__ = [
     "count_matching",
@@ -42,14 +46,23 @@ __all__ = [
 ]
 
 
-def _queue_names_statement() -> Any:
-    # The loose index scan: the smallest name, then the smallest name above it, and so on.
-    names = select(func.min(jobs.c.queue).label("name")).cte("names", recursive=True)
+def _loose_scan(where: Any, name: str) -> Any:
+    # The loose index scan: the smallest name, then the smallest name above it, and so on,
+    # through a partial index that leads with the queue (its predicate repeated literally).
+    names = select(func.min(jobs.c.queue).label("name")).where(where).cte(name, recursive=True)
     following = select(
-        select(func.min(jobs.c.queue)).where(jobs.c.queue > names.c.name).scalar_subquery()
+        select(func.min(jobs.c.queue)).where(where, jobs.c.queue > names.c.name).scalar_subquery()
     ).where(names.c.name.is_not(None))
     names = names.union_all(following)
     return select(names.c.name).where(names.c.name.is_not(None))
+
+
+def _queue_names_statement() -> Any:
+    # No index holds every job (schema 6): the queues of the finished jobs, of the queued ones
+    # (the ready index), and of the running ones (few; the leases index alone).
+    running = select(jobs.c.queue.label("name")).where(RUNNING)
+    found = union(_loose_scan(FINISHED, "finished"), _loose_scan(QUEUED, "queued"), running)
+    return found.subquery().select().order_by("name")
 
 
 _QUEUE_NAMES = _queue_names_statement()
@@ -67,6 +80,17 @@ async def find_queue(conn: AsyncConnection, job_id: int) -> str | None:
     return None if queue is None else str(queue)
 
 
+def _filtered(queue: str | None, state: JobState | None, tags: Sequence[str]) -> Any:
+    stmt = select(jobs)
+    for tag in tags:
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
+    if queue is not None:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if state is not None:
+        stmt = stmt.where(in_state(state))
+    return stmt
+
+
 def _page(
     queue: str | None,
     state: JobState | None,
@@ -75,18 +99,15 @@ def _page(
     before: int | None,
     tags: Sequence[str] = (),
 ) -> Any:
-    stmt = select(jobs)
-    for tag in tags:
-        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    if queue is not None:
-        stmt = stmt.where(jobs.c.queue == queue)
-    if state is not None:
-        stmt = stmt.where(jobs.c.state == state.value)
-    if before is not None:
-        return stmt.where(jobs.c.id < before).order_by(jobs.c.id.desc()).limit(limit)
-    if after is not None:
-        stmt = stmt.where(jobs.c.id > after)
-    return stmt.order_by(jobs.c.id).limit(limit)
+    # One walk of an index (queued jobs: of one priority; see .walks).
+    return keyed(
+        _filtered(queue, state, tags),
+        state,
+        after=None if before is not None else after,
+        before=before,
+        descending=before is not None,
+        limit=limit,
+    )
 
 
 async def list_page(
@@ -101,15 +122,28 @@ async def list_page(
     """Up to ``limit`` jobs, oldest first: of ``queue`` (every queue when None), in ``state``
     (every state when None), having every one of ``tags``, with ids above ``after`` or, given
     ``before``, the last ones below it; with their attempts."""
-    if (queue is None) == (state is None):
-        walks: list[tuple[str | None, JobState | None]] = [(queue, state)]
-    elif queue is not None:
-        walks = [(queue, s) for s in JobState]
+    if queue is None and state is None:
+        rows = list(await conn.execute(_page(None, None, limit, after, before, tags)))
     else:
-        walks = [(name, state) for name in await queue_names(conn)]
-    rows: list[Row[Any]] = []
-    for walk_queue, walk_state in walks:
-        rows.extend(await conn.execute(_page(walk_queue, walk_state, limit, after, before, tags)))
+        if queue is not None:
+            pairs = [(queue, s) for s in JobState] if state is None else [(queue, state)]
+        else:
+            assert state is not None
+            pairs = [(name, state) for name in await queue_names(conn)]
+        rows = []
+        for walk_queue, walk_state in pairs:
+            rows.extend(
+                await walk(
+                    conn,
+                    _filtered(walk_queue, walk_state, tags),
+                    walk_queue,
+                    walk_state,
+                    after=None if before is not None else after,
+                    before=before,
+                    descending=before is not None,
+                    limit=limit,
+                )
+            )
     records = sorted((JobRecord.from_row(r) for r in rows), key=lambda r: r.id)
     records = records[-limit:] if before is not None else records[:limit]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}
@@ -123,7 +157,7 @@ async def list_page(
 
 
 def _matching(queue: str, state: JobState, cutoff: float | None) -> list[ColumnElement[bool]]:
-    conditions = [jobs.c.queue == queue, jobs.c.state == state.value]
+    conditions = [jobs.c.queue == queue, in_state(state)]
     if cutoff is not None:
         # Finished jobs by when they finished; queued and running ones by when they entered.
         when = jobs.c.finished_at if state in FINISHED_STATES else jobs.c.enqueued_at
@@ -148,13 +182,8 @@ async def select_ids(
     limit: int,
 ) -> list[int]:
     """The next ``limit`` ids above ``after`` of the jobs :func:`count_matching` counts."""
-    stmt = (
-        select(jobs.c.id)
-        .where(*_matching(queue, state, cutoff), jobs.c.id > after)
-        .order_by(jobs.c.id)
-        .limit(limit)
-    )
-    return [int(i) for i in (await conn.execute(stmt)).scalars()]
+    chosen = select(jobs.c.id).where(*_matching(queue, state, cutoff))
+    return [int(r.id) for r in await walk(conn, chosen, queue, state, after=after, limit=limit)]
 
 
 def requeue_ids(conn: Connection, queue: str, state: JobState, ids: list[int], now: float) -> int:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._types import JobState
-from ..schema import QUEUED, alert_lease, alert_state, attempts, jobs, pool_restarts
+from ..schema import QUEUED, alert_lease, alert_state, attempts, in_state, jobs, pool_restarts
 
 if TYPE_CHECKING:
     from .jobstore import JobStore
@@ -200,7 +200,7 @@ async def count_dead_since(conn: AsyncConnection, queue: str, since: float) -> i
         .select_from(jobs)
         .where(
             jobs.c.queue == queue,
-            jobs.c.state == JobState.DEAD.value,
+            in_state(JobState.DEAD),
             jobs.c.finished_at >= since,
         )
     )

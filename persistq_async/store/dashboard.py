@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import QUEUED, attempts, jobs
+from ..schema import FINISHED, QUEUED, attempts, in_state, jobs
 from .records import JobRecord
+from .walks import keyed, walk
 
 __all__ = ["JobPage", "QueueSummary", "Throughput", "job_page", "queue_summaries", "throughput"]
 
@@ -62,11 +63,22 @@ class JobPage:
 async def queue_summaries(conn: AsyncConnection, now: float) -> list[QueueSummary]:
     """Every queue that has jobs, with its counts per state and its ready jobs."""
     counts: dict[str, dict[JobState, int]] = {}
-    rows = await conn.execute(
-        select(jobs.c.queue, jobs.c.state, func.count()).group_by(jobs.c.queue, jobs.c.state)
+    # One walk per index, each repeating its predicate literally: the finished jobs by
+    # (queue, state), the queued ones (ready index) and the running ones (leases) by queue.
+    finished = (
+        select(jobs.c.queue, jobs.c.state, func.count())
+        .where(FINISHED)
+        .group_by(jobs.c.queue, jobs.c.state)
     )
-    for queue, state, count in rows:
-        counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = int(count)
+    active = [
+        select(jobs.c.queue, literal(s.value), func.count())
+        .where(in_state(s))
+        .group_by(jobs.c.queue)
+        for s in (JobState.QUEUED, JobState.RUNNING)
+    ]
+    for stmt in (finished, *active):
+        for queue, state, count in await conn.execute(stmt):
+            counts.setdefault(queue, dict.fromkeys(JobState, 0))[JobState(state)] = int(count)
     # QUEUED literally, so that SQLite walks the partial index of queued jobs by due time.
     ready_rows = await conn.execute(
         select(jobs.c.queue, func.count(), func.min(jobs.c.run_at))
@@ -132,24 +144,19 @@ async def job_page(
 ) -> JobPage:
     """Job rows newest first, ``limit`` of them, by keyset on the id: ``before_id`` pages to
     older jobs, ``after_id`` to newer ones. The cost is that of ``limit`` rows, however deep
-    the page (the index on queue, state and id), never a count or an OFFSET."""
-    stmt = select(jobs)
-    if queue is not None:
-        stmt = stmt.where(jobs.c.queue == queue)
-    if state is not None:
-        stmt = stmt.where(jobs.c.state == state.value)
-    if priority is not None:
-        stmt = stmt.where(jobs.c.priority == priority)
-    for tag in tags:
-        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    base = stmt
-    if after_id is not None:
-        stmt = stmt.where(jobs.c.id > after_id).order_by(jobs.c.id.asc())
-    else:
-        if before_id is not None:
-            stmt = stmt.where(jobs.c.id < before_id)
-        stmt = stmt.order_by(jobs.c.id.desc())
-    rows = list(await conn.execute(stmt.limit(limit + 1)))
+    the page (the walks of :mod:`.walks` through each state's partial index; one per state,
+    merged, for a queue in every state), never a count or an OFFSET."""
+    states: list[JobState | None]
+    states = [state] if state is not None or queue is None else list(JobState)
+    bases = [_filtered(queue, walked, priority, tags) for walked in states]
+    found: list[Any] = []
+    newest_first = after_id is None
+    before = before_id if newest_first else None
+    for base, walked in zip(bases, states, strict=True):
+        found.extend(
+            await _walk(conn, base, queue, walked, after_id, before, newest_first, limit + 1)
+        )
+    rows = sorted(found, key=lambda r: int(r.id), reverse=newest_first)[: limit + 1]
     more = len(rows) > limit
     rows = rows[:limit]
     if after_id is not None:
@@ -157,15 +164,55 @@ async def job_page(
     if not rows:
         return JobPage(records=[], has_older=after_id is not None, has_newer=before_id is not None)
 
-    async def exists(cond: Any) -> bool:
-        probe = base.with_only_columns(jobs.c.id).where(cond).limit(1)
-        return (await conn.execute(probe)).first() is not None
+    async def exists(older: bool, than: int) -> bool:
+        for base, walked in zip(bases, states, strict=True):
+            probe = base.with_only_columns(jobs.c.id)
+            after, before = (None, than) if older else (than, None)
+            if await _walk(conn, probe, queue, walked, after, before, older, 1):
+                return True
+        return False
 
     if after_id is not None:
-        has_newer, has_older = more, await exists(jobs.c.id < rows[-1].id)
+        has_newer, has_older = more, await exists(True, rows[-1].id)
     else:
         has_older = more
-        has_newer = before_id is not None and await exists(jobs.c.id > rows[0].id)
+        has_newer = before_id is not None and await exists(False, rows[0].id)
     return JobPage(
         records=[JobRecord.from_row(r) for r in rows], has_older=has_older, has_newer=has_newer
     )
+
+
+async def _walk(
+    conn: AsyncConnection,
+    stmt: Any,
+    queue: str | None,
+    state: JobState | None,
+    after: int | None,
+    before: int | None,
+    descending: bool,
+    limit: int,
+) -> list[Any]:
+    if queue is None or state is None:
+        # across queues (or every state of every queue) the primary key, newest first
+        page = keyed(stmt, None, after=after, before=before, descending=descending, limit=limit)
+        return list(await conn.execute(page))
+    return await walk(
+        conn, stmt, queue, state, after=after, before=before, descending=descending, limit=limit
+    )
+
+
+def _filtered(
+    queue: str | None, state: JobState | None, priority: int | None, tags: Sequence[str]
+) -> Any:
+    stmt = select(jobs)
+    if queue is not None:
+        stmt = stmt.where(jobs.c.queue == queue)
+    if state is not None:
+        # For one queue, the literal predicate lets SQLite use the state's partial index;
+        # across queues the primary key, walked newest first, stops after ``limit`` rows.
+        stmt = stmt.where(jobs.c.state == state.value if queue is None else in_state(state))
+    if priority is not None:
+        stmt = stmt.where(jobs.c.priority == priority)
+    for tag in tags:
+        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
+    return stmt

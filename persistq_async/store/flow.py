@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -277,7 +277,8 @@ def dead_letter(
             and_(
                 holder.c.queue == target,
                 holder.c.dedupe_key == jobs.c.dedupe_key,
-                holder.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                # literally the dedupe index's predicate, so that SQLite probes it
+                text("holder.state IN ('queued', 'running')"),
             )
         ),
     )

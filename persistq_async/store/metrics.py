@@ -3,11 +3,12 @@
 Reads are async functions of an ``AsyncConnection``; registry writes are synchronous functions
 of a ``Connection`` that the store's writer runs (one transaction each).
 
-Stats stay cheap on a large table: the counts use the ``(queue, state, id)`` index, ready jobs
-and the oldest of them the partial ``(queue, run_at)`` index of queued jobs, and the window the
-index on ``attempts.finished_at``, so a call reads the queue's active jobs and the window's
-attempts, not the finished jobs of all time. Percentiles are computed on at most
-:data:`MAX_SAMPLE` of the window's most recent deliveries.
+Stats stay cheap on a large table: the counts use the partial ``(queue, state, id)`` index
+(running jobs the leases index), ready jobs and the oldest of them the partial
+``(queue, run_at)`` index of queued jobs, and the window the index on
+``attempts.finished_at``, so a call reads index entries of the queue, not the rows of all
+time. Percentiles are computed on at most :data:`MAX_SAMPLE` of the window's most recent
+deliveries.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._types import JobState
-from ..schema import QUEUED, attempts, jobs, meta, workers
+from ..schema import QUEUED, attempts, count_in_state, jobs, meta, workers
 
 __all__ = [
     "MAX_SAMPLE",
@@ -75,21 +76,9 @@ class WorkerRecord:
 
 async def read_stats(conn: AsyncConnection, queue: str, now: float, window: float) -> StatsRecord:
     """The counts, ready jobs and the window's deliveries of ``queue``."""
-    # One count per state rather than a GROUP BY: each walks its (queue, state) range of the
-    # index without reading the state of every row (about 40% less time on a million rows).
-    row = (
-        await conn.execute(
-            select(
-                *(
-                    select(func.count())
-                    .select_from(jobs)
-                    .where(jobs.c.queue == queue, jobs.c.state == state.value)
-                    .scalar_subquery()
-                    for state in JobState
-                )
-            )
-        )
-    ).one()
+    # One count per state rather than a GROUP BY: each walks its (queue, state) range of that
+    # state's partial index without reading the state of every row.
+    row = (await conn.execute(select(*(count_in_state(queue, s) for s in JobState)))).one()
     counts = {state.value: int(n) for state, n in zip(JobState, row, strict=True)}
     ready_row = (
         await conn.execute(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .._jobmeta import tag_pattern
 from .._types import JobState
-from ..schema import ACTIVE, attempts, jobs
+from ..schema import attempts, count_in_state, in_state, jobs
 from .records import AttemptRecord, JobRecord, history
+from .walks import walk
 
 __all__ = ["active_count", "counts", "list_jobs", "read_job"]
 
@@ -20,18 +21,13 @@ JobWithHistory = tuple[JobRecord, list[AttemptRecord]]
 
 async def counts(conn: AsyncConnection, queue: str) -> dict[JobState, int]:
     """The number of jobs of ``queue`` in each state."""
-    rows = await conn.execute(
-        select(jobs.c.state, func.count()).where(jobs.c.queue == queue).group_by(jobs.c.state)
-    )
-    found = dict.fromkeys(JobState, 0)
-    for state, count in rows:
-        found[JobState(state)] = count
-    return found
+    row = (await conn.execute(select(*(count_in_state(queue, s) for s in JobState)))).one()
+    return {state: int(n) for state, n in zip(JobState, row, strict=True)}
 
 
 async def active_count(conn: AsyncConnection, queue: str) -> int:
     """Queued (delayed included) plus running jobs of ``queue``."""
-    stmt = select(func.count()).select_from(jobs).where(jobs.c.queue == queue, ACTIVE)
+    stmt = select(count_in_state(queue, JobState.QUEUED) + count_in_state(queue, JobState.RUNNING))
     return int((await conn.execute(stmt)).scalar_one())
 
 
@@ -58,19 +54,22 @@ async def list_jobs(
     tags: Sequence[str] = (),
 ) -> list[JobWithHistory]:
     """Jobs of ``queue`` (in ``state``, having every one of ``tags``), oldest first, with their
-    attempts."""
-    stmt = select(jobs).where(jobs.c.queue == queue)
-    if state is not None:
-        stmt = stmt.where(jobs.c.state == state.value)
-    for tag in tags:
-        stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
-    result = await conn.execute(stmt.order_by(jobs.c.id).limit(limit).offset(offset))
-    records = [JobRecord.from_row(r) for r in result]
+    attempts.
+
+    Without a state, one walk per state (each its own partial index, in id order), merged."""
+    rows: list[Row[Any]] = []
+    for state_walked in JobState if state is None else (state,):
+        stmt = select(jobs).where(jobs.c.queue == queue, in_state(state_walked))
+        for tag in tags:
+            stmt = stmt.where(jobs.c.tags.contains(tag_pattern(tag), autoescape=True))
+        rows.extend(await walk(conn, stmt, queue, state_walked, limit=offset + limit))
+    records = sorted((JobRecord.from_row(r) for r in rows), key=lambda r: r.id)
+    records = records[offset : offset + limit]
     found: dict[int, list[Row[Any]]] = {r.id: [] for r in records}
     if records:
-        rows = await conn.execute(
+        history_rows = await conn.execute(
             select(attempts).where(attempts.c.job_id.in_(list(found))).order_by(attempts.c.id)
         )
-        for a in rows:
+        for a in history_rows:
             found[a.job_id].append(a)
     return [(r, history(r, found[r.id])) for r in records]

@@ -21,7 +21,7 @@ from .._types import FINISHED_STATES, JobState
 from ..backends import Backend
 from ..backends.prepared import Prepared
 from ..errors import JobNotFound, JobStateError, LeaseLost
-from ..schema import ACTIVE, FINISHED, RUNNING, attempts, jobs
+from ..schema import ACTIVE, FINISHED, RUNNING, attempts, in_state, jobs
 from . import flow
 from . import statements as st
 from .acks import leases, write_acks
@@ -548,9 +548,9 @@ def delete_job(conn: Connection, job_id: int, queue: str) -> None:
 
 def purge(conn: Connection, queue: str, state: JobState) -> int:
     """Delete every job of ``queue`` in ``state``; how many."""
-    chosen = select(jobs.c.id).where(jobs.c.queue == queue, jobs.c.state == state.value)
+    chosen = select(jobs.c.id).where(jobs.c.queue == queue, in_state(state))
     conn.execute(delete(attempts).where(attempts.c.job_id.in_(chosen)))
-    result = conn.execute(delete(jobs).where(jobs.c.queue == queue, jobs.c.state == state.value))
+    result = conn.execute(delete(jobs).where(jobs.c.queue == queue, in_state(state)))
     return int(result.rowcount)
 
 
