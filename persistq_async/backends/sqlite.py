@@ -79,9 +79,11 @@ _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 WAL_WARN_BYTES = 64 * 1024 * 1024
 #: Seconds between two checks of the WAL by the writer.
 WAL_CHECK_INTERVAL = 5.0
-#: WAL pages after which a commit checkpoints (SQLite's default is 1000): a smaller step holds
-#: the write lock, and the writes queued behind it, for less time at once.
-AUTOCHECKPOINT_PAGES = 250
+#: WAL pages after which the writer checkpoints: SQLite's default. A checkpoint costs two syncs
+#: and copies each page changed since the last one once, however often it changed, and a queue
+#: rewrites the same few pages: at 250 pages a lone consumer at "normal" spent a fifth of its time
+#: waiting for checkpoints (benchmarks/inline_writes.py), at 1,000 a quarter of that.
+AUTOCHECKPOINT_PAGES = 1000
 
 
 #: Rows one multi-row ``INSERT`` may hold: SQLite allows 32,766 bound values in a statement

@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 import persistq_async as pq
+from persistq_async.backends import sqlite as sqlite_backend
 from persistq_async.backends.wal_lock import LOCK_SUFFIX
 from persistq_async.store import writer as writer_module
 
@@ -117,20 +118,22 @@ async def test_checkpoints_run_on_the_thread_and_keep_the_wal_small(
         async with pq.Queue(db_path, name="ckpt", durability="normal"):
             pass
         opened.symlink_to(db_path)
+    # Work in proportion to the checkpoint mark: about six marks' worth of WAL pages.
+    scale = sqlite_backend.AUTOCHECKPOINT_PAGES // 250
     async with pq.Queue(opened, name="ckpt", durability="normal") as q:
-        for _ in range(40):
+        for _ in range(40 * scale):
             await q.put_many([{"pad": "x" * 1000, "n": n} for n in range(40)])
-        await lone_cycles(q, 300)
+        await lone_cycles(q, 300 * scale)
         size = wal.stat().st_size
     # No batch on the loop's thread copied a frame back (a reset may zero the count).
     assert batches.backfill
     assert all(after <= before or after == 0 for before, after in batches.backfill)
     # The thread did checkpoint: the WAL was reused from its start instead of growing
-    # (about 1,600 jobs' puts and 600 commits went through it).
+    # (about 1,600 jobs' puts and 600 commits per 250 pages of the mark went through it).
     checkpoints = sum(kinds == [] for w, kinds, _ in batches.seen if w == THREAD)
     # ...when the WAL passed the mark, not after every commit (the WAL-index was read).
     assert 0 < checkpoints < 100, checkpoints
-    assert size < 3 * 250 * (4096 + 24), size
+    assert size < 3 * sqlite_backend.AUTOCHECKPOINT_PAGES * (4096 + 24), size
 
 
 class LoopStalls:

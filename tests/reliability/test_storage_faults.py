@@ -633,7 +633,7 @@ async def _child_crash_puts(db: str) -> None:
     print("base", *base, flush=True)  # closed: checkpointed into the file, -wal removed
     async with pq.Queue(db, name=QUEUE_NAME) as q:
         # 20 puts of a few pages each: below the writer's automatic checkpoint (every
-        # AUTOCHECKPOINT_PAGES, 250), so every one of them lives only in the -wal.
+        # AUTOCHECKPOINT_PAGES, 1,000), so every one of them lives only in the -wal.
         for i in range(20):
             print("put", await q.put({"wal": i}), flush=True)
         await asyncio.sleep(3600)  # until SIGKILL
